@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's commands. Each one installs what it needs first.
+#   bash scripts/dev.sh demo    # serve the tiny Kimi-format model, one tool call
+#   bash scripts/dev.sh test    # lint + unit tests + e2e tests through vllm serve
+#   bash scripts/dev.sh bench   # parser benchmark vs vLLM's built-in kimi_k2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export VLLM_KIMI_TOOLS_CACHE="${VLLM_KIMI_TOOLS_CACHE:-$PWD/.cache}"
+PY=.venv/bin/python
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+  demo)  exec "$PY" -m vllm_kimi_tools.cli demo "$@" ;;
+  test)
+    .venv/bin/ruff check vllm_kimi_tools tests benchmarks examples
+    .venv/bin/ruff format --check vllm_kimi_tools tests benchmarks examples
+    exec "$PY" -m pytest "$@" ;;
+  bench) exec "$PY" benchmarks/bench_parser.py "$@" ;;
+  *) echo "unknown command: $cmd (demo|test|bench)" >&2; exit 2 ;;
+esac

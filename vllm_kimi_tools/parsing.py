@@ -1,0 +1,397 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Incremental parser for Kimi K2 tool calls (pure Python, no vLLM).
+
+Wire format::
+
+    Sure.<|tool_calls_section_begin|>
+    <|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>
+    {"city": "Tokyo"}<|tool_call_end|>
+    <|tool_calls_section_end|>
+
+One state machine serves streaming and non-streaming: ``parse_tool_calls`` is
+``feed(text)`` + ``finish()``, so every way of splitting the text into deltas
+yields the same content and calls. Text is streamed as it arrives, holding
+back only a suffix that could still grow into a marker. A call is emitted
+whole once it is complete (its id resolved to a declared tool, its arguments
+a JSON object), so a client never sees a call that later turns out to be
+truncated, undeclared or malformed. Such calls are reported in ``dropped``;
+their markup never reaches content.
+
+Recovered deviations: ids without ``functions.`` or with ``_`` separators,
+opaque ids (``call_…``), a missing section wrapper, a missing call or section
+end, text after the section, the singular ``<|tool_call_section_begin|>``,
+string-encoded arguments, and marker text inside JSON strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import regex as re
+
+from vllm_kimi_tools.arguments import Arguments, parse_arguments
+from vllm_kimi_tools.tokens import (
+    CHAT_CONTROL_TOKENS,
+    TOOL_CALL_ARGUMENT_BEGIN,
+    TOOL_CALL_BEGIN,
+    TOOL_CALL_END,
+    TOOL_CALL_SECTION_BEGIN_ALT,
+    TOOL_CALL_SECTION_END_ALT,
+    TOOL_CALLS_SECTION_BEGIN,
+    TOOL_CALLS_SECTION_END,
+)
+from vllm_kimi_tools.tool_ids import make_tool_call_id, resolve_tool_call_id
+
+_SECTION_BEGINS = frozenset({TOOL_CALLS_SECTION_BEGIN, TOOL_CALL_SECTION_BEGIN_ALT})
+_SECTION_ENDS = frozenset({TOOL_CALLS_SECTION_END, TOOL_CALL_SECTION_END_ALT})
+_CONTROL = frozenset(CHAT_CONTROL_TOKENS)
+_MARKERS = (
+    *_SECTION_BEGINS,
+    *_SECTION_ENDS,
+    TOOL_CALL_BEGIN,
+    TOOL_CALL_ARGUMENT_BEGIN,
+    TOOL_CALL_END,
+    *CHAT_CONTROL_TOKENS,
+)
+# Every marker starts with "<" and contains no other "<", so a suffix that may
+# still become a marker always starts at the last "<" of the pending text.
+assert all(m.startswith("<") and m.count("<") == 1 for m in _MARKERS)
+_MARKER_RE = re.compile("|".join(re.escape(m) for m in sorted(_MARKERS, key=len)[::-1]))
+_MARKER_PREFIXES = frozenset(m[:i] for m in _MARKERS for i in range(1, len(m)))
+_JSON_STRING_RE = re.compile(r'["\\]')
+
+
+class DropReason(str, enum.Enum):
+    """Why a call the model wrote is not returned as a tool call."""
+
+    UNDECLARED = "undeclared_tool"
+    UNRESOLVED = "unresolved_id"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool declared in the request."""
+
+    name: str
+    parameters: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToolCall:
+    """A complete call to a declared tool, with its canonical id."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedToolCall:
+    """A call that was written but is not returned, and why."""
+
+    raw_id: str
+    name: str
+    reason: DropReason
+    arguments: str
+
+
+@dataclass(slots=True)
+class ParseDelta:
+    """What one ``feed``/``finish`` step produced."""
+
+    content: str = ""
+    tool_calls: list[ParsedToolCall] = field(default_factory=list)
+    dropped: list[DroppedToolCall] = field(default_factory=list)
+
+    def extend(self, other: ParseDelta) -> None:
+        self.content += other.content
+        self.tool_calls.extend(other.tool_calls)
+        self.dropped.extend(other.dropped)
+
+
+class _Mode(enum.Enum):
+    TEXT = enum.auto()
+    SECTION = enum.auto()
+    CALL_ID = enum.auto()
+    CALL_ARGS = enum.auto()
+
+
+class _SchemaMatcher:
+    """Which declared tools' parameter schemas accept an arguments object."""
+
+    def __init__(self, tools: Sequence[ToolSpec]) -> None:
+        self._tools = tools
+        self._validators: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
+
+        validators: dict[str, Any] = {}
+        for tool in self._tools:
+            schema = tool.parameters
+            if not isinstance(schema, Mapping):
+                continue
+            try:
+                cls = validator_for(schema)
+                cls.check_schema(schema)
+            except SchemaError:
+                continue
+            validators[tool.name] = cls(schema)
+        return validators
+
+    def unique_match(self, value: dict[str, Any]) -> str | None:
+        if self._validators is None:
+            self._validators = self._build()
+        matches = [n for n, v in self._validators.items() if v.is_valid(value)]
+        return matches[0] if len(matches) == 1 else None
+
+
+class KimiToolCallParser:
+    """Incremental Kimi K2 tool-call parser for one model response.
+
+    Args:
+        tools: Tools declared in the request; calls to anything else are
+            dropped.
+        history_tool_calls: Tool calls already in the conversation; output
+            ids continue from there (``functions.NAME:history+i``).
+    """
+
+    def __init__(self, tools: Sequence[ToolSpec], history_tool_calls: int = 0) -> None:
+        self._tools = tuple(tools)
+        self._names = tuple(t.name for t in self._tools)
+        self._history = history_tool_calls
+        self._schemas = _SchemaMatcher(self._tools)
+        self._pending = ""
+        self._mode = _Mode.TEXT
+        self._bare = False  # inside calls that had no section wrapper
+        self._section_text = ""
+        self._id = ""
+        self._args: list[str] = []
+        self._has_args_marker = False
+        self._in_string = False
+        self._escape = False
+        # Offsets (into the joined args) of markers taken as string content.
+        self._swallowed: list[int] = []
+        self._args_len = 0
+        self._emitted = 0
+        self._finished = False
+        self._out = ParseDelta()
+
+    @property
+    def emitted_tool_calls(self) -> int:
+        return self._emitted
+
+    def feed(self, text: str) -> ParseDelta:
+        """Consume the next piece of model output."""
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        self._pending += text
+        self._drain(final=False)
+        return self._take()
+
+    def finish(self) -> ParseDelta:
+        """End of output: flush held-back text and close any open call."""
+        if not self._finished:
+            self._finished = True
+            self._drain(final=True)
+            self._close_at_end()
+        return self._take()
+
+    # -- internals ---------------------------------------------------------
+
+    def _take(self) -> ParseDelta:
+        out, self._out = self._out, ParseDelta()
+        return out
+
+    def _drain(self, final: bool) -> None:
+        buf = self._pending
+        pos = 0
+        while (m := _MARKER_RE.search(buf, pos)) is not None:
+            self._on_text(buf[pos : m.start()])
+            self._on_marker(m.group())
+            pos = m.end()
+        rest = buf[pos:]
+        cut = len(rest)
+        if not final:
+            lt = rest.rfind("<")
+            if lt >= 0 and rest[lt:] in _MARKER_PREFIXES:
+                cut = lt
+        self._on_text(rest[:cut])
+        self._pending = rest[cut:]
+
+    def _on_text(self, text: str) -> None:
+        if not text:
+            return
+        mode = self._mode
+        if mode is _Mode.TEXT:
+            self._out.content += text
+        elif mode is _Mode.SECTION:
+            self._section_text += text
+        elif mode is _Mode.CALL_ID:
+            self._id += text
+        else:
+            self._append_args(text)
+
+    def _append_args(self, text: str) -> None:
+        self._args.append(text)
+        self._args_len += len(text)
+        i = 0
+        if self._escape:
+            self._escape = False
+            i = 1
+        in_string = self._in_string
+        for m in _JSON_STRING_RE.finditer(text, i):
+            j = m.start()
+            if j < i:
+                continue
+            if m.group() == '"':
+                in_string = not in_string
+                i = j + 1
+            elif in_string:
+                if j + 1 >= len(text):
+                    self._escape = True
+                i = j + 2
+        self._in_string = in_string
+
+    def _flush_section_text(self) -> None:
+        text, self._section_text = self._section_text, ""
+        if text.strip():
+            self._out.content += text
+
+    def _on_marker(self, marker: str) -> None:
+        mode = self._mode
+        if mode is _Mode.CALL_ARGS and self._in_string:
+            # A marker inside a JSON string is taken as text; finish() falls
+            # back to the first such marker if the string never closes.
+            self._swallowed.append(self._args_len)
+            self._append_args(marker)
+            return
+        if marker in _CONTROL:
+            return
+        if mode is _Mode.TEXT:
+            if marker in _SECTION_BEGINS:
+                self._mode, self._bare = _Mode.SECTION, False
+            elif marker == TOOL_CALL_BEGIN:
+                self._mode, self._bare = _Mode.CALL_ID, True
+                self._start_call()
+            # Stray ends and argument markers outside a call are dropped.
+            return
+        if mode is _Mode.SECTION:
+            self._flush_section_text()
+            if marker == TOOL_CALL_BEGIN:
+                self._mode = _Mode.CALL_ID
+                self._start_call()
+            elif marker in _SECTION_ENDS:
+                self._mode = _Mode.TEXT
+            return
+        if mode is _Mode.CALL_ID and marker == TOOL_CALL_ARGUMENT_BEGIN:
+            self._mode = _Mode.CALL_ARGS
+            self._has_args_marker = True
+            return
+        if marker in _SECTION_BEGINS or marker == TOOL_CALL_ARGUMENT_BEGIN:
+            return
+        # CALL_END, CALL_BEGIN or SECTION_END close the open call.
+        self._close_call(at_end=False)
+        if marker == TOOL_CALL_BEGIN:
+            self._mode = _Mode.CALL_ID
+            self._start_call()
+        elif marker in _SECTION_ENDS or self._bare:
+            self._mode = _Mode.TEXT
+        else:
+            self._mode = _Mode.SECTION
+
+    def _start_call(self) -> None:
+        self._id = ""
+        self._args = []
+        self._args_len = 0
+        self._has_args_marker = False
+        self._in_string = False
+        self._escape = False
+        self._swallowed = []
+
+    def _close_at_end(self) -> None:
+        if self._mode is _Mode.SECTION:
+            self._flush_section_text()
+        elif self._mode is _Mode.CALL_ARGS and self._swallowed:
+            # The string never closed: the first swallowed marker was real.
+            args = "".join(self._args)
+            cut = self._swallowed[0]
+            self._start_call_keep_id(args[:cut])
+            self._pending = args[cut:]
+            self._drain(final=True)
+            self._close_at_end()
+            return
+        elif self._mode in (_Mode.CALL_ID, _Mode.CALL_ARGS):
+            self._close_call(at_end=True)
+        self._mode = _Mode.TEXT
+
+    def _start_call_keep_id(self, args: str) -> None:
+        raw_id = self._id
+        self._start_call()
+        self._id = raw_id
+        self._has_args_marker = True
+        self._mode = _Mode.CALL_ARGS
+        self._args = [args]
+        self._args_len = len(args)
+
+    def _close_call(self, at_end: bool) -> None:
+        raw_id = self._id.strip()
+        raw_args = "".join(self._args)
+        if not self._has_args_marker and "{" in raw_id:
+            # ``functions.x:0{"a": 1}``: the argument marker was left out.
+            brace = raw_id.index("{")
+            raw_id, raw_args = raw_id[:brace].strip(), raw_id[brace:]
+        self._start_call()
+        args = parse_arguments(raw_args)
+        resolved = resolve_tool_call_id(raw_id, self._names)
+        if args is None:
+            reason = DropReason.TRUNCATED if at_end else DropReason.INVALID_ARGUMENTS
+            self._drop(raw_id, resolved.guessed_name, reason, raw_args)
+            return
+        name = resolved.name
+        if name is None and resolved.opaque:
+            name = self._name_from_arguments(args)
+            if name is None:
+                self._drop(
+                    raw_id, resolved.guessed_name, DropReason.UNRESOLVED, raw_args
+                )
+                return
+        if name is None:
+            self._drop(raw_id, resolved.guessed_name, DropReason.UNDECLARED, raw_args)
+            return
+        index = self._emitted
+        self._emitted += 1
+        self._out.tool_calls.append(
+            ParsedToolCall(
+                index=index,
+                id=make_tool_call_id(name, self._history + index),
+                name=name,
+                arguments=args.text,
+            )
+        )
+
+    def _name_from_arguments(self, args: Arguments) -> str | None:
+        if len(self._tools) == 1:
+            return self._tools[0].name
+        return self._schemas.unique_match(args.value)
+
+    def _drop(self, raw_id: str, name: str, reason: DropReason, args: str) -> None:
+        self._out.dropped.append(DroppedToolCall(raw_id, name, reason, args))
+
+
+def parse_tool_calls(
+    text: str, tools: Sequence[ToolSpec], history_tool_calls: int = 0
+) -> ParseDelta:
+    """Parse a complete model output."""
+    parser = KimiToolCallParser(tools, history_tool_calls)
+    result = parser.feed(text)
+    result.extend(parser.finish())
+    return result

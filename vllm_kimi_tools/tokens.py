@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Kimi K2 special tokens: the one place their text and ids are written down.
+
+A Kimi K2 assistant turn with tool calls looks like this on the wire (ids in
+brackets are the real ids in Kimi's 163,840-token vocabulary)::
+
+    [text]<|tool_calls_section_begin|>               (163595)
+    <|tool_call_begin|>functions.NAME:IDX             (163597)
+    <|tool_call_argument_begin|>{"json": "args"}      (163598)
+    <|tool_call_end|>                                 (163599)
+    ...more calls...
+    <|tool_calls_section_end|><|im_end|>              (163596, 163586)
+
+The five tool markers are *not* flagged special in Kimi's tokenizer, so they
+survive ``skip_special_tokens=True``; the chat markers are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+TOOL_CALLS_SECTION_BEGIN = "<|tool_calls_section_begin|>"
+TOOL_CALLS_SECTION_END = "<|tool_calls_section_end|>"
+TOOL_CALL_BEGIN = "<|tool_call_begin|>"
+TOOL_CALL_ARGUMENT_BEGIN = "<|tool_call_argument_begin|>"
+TOOL_CALL_END = "<|tool_call_end|>"
+# Singular spelling seen in the wild (vLLM's own tests, llama.cpp, tinker).
+TOOL_CALL_SECTION_BEGIN_ALT = "<|tool_call_section_begin|>"
+TOOL_CALL_SECTION_END_ALT = "<|tool_call_section_end|>"
+
+THINK_BEGIN = "<think>"
+THINK_END = "</think>"
+
+IM_END = "<|im_end|>"
+IM_USER = "<|im_user|>"
+IM_ASSISTANT = "<|im_assistant|>"
+IM_SYSTEM = "<|im_system|>"
+IM_MIDDLE = "<|im_middle|>"
+
+# Generation prompt appended after the last message.
+GENERATION_PROMPT = f"{IM_ASSISTANT}assistant{IM_MIDDLE}"
+
+# Canonical tool-call id: ``functions.NAME:IDX``, IDX counting every tool call
+# of the conversation (history included).
+TOOL_CALL_ID_PREFIX = "functions."
+
+VOCAB_SIZE = 163_840
+NUM_BASE_TOKENS = 163_584
+
+# Real ids from Kimi K2 / K2.5 tokenizer_config.json ``added_tokens_decoder``.
+SPECIAL_TOKEN_IDS: Mapping[str, int] = {
+    "[BOS]": 163584,
+    "[EOS]": 163585,
+    IM_END: 163586,
+    IM_USER: 163587,
+    IM_ASSISTANT: 163588,
+    "<|start_header_id|>": 163590,
+    "<|end_header_id|>": 163591,
+    "[EOT]": 163593,
+    IM_SYSTEM: 163594,
+    TOOL_CALLS_SECTION_BEGIN: 163595,
+    TOOL_CALLS_SECTION_END: 163596,
+    TOOL_CALL_BEGIN: 163597,
+    TOOL_CALL_ARGUMENT_BEGIN: 163598,
+    TOOL_CALL_END: 163599,
+    IM_MIDDLE: 163601,
+    "<|media_begin|>": 163602,
+    "<|media_content|>": 163603,
+    "<|media_end|>": 163604,
+    "<|media_pad|>": 163605,
+    THINK_BEGIN: 163606,
+    THINK_END: 163607,
+    "[UNK]": 163838,
+    "[PAD]": 163839,
+}
+
+# Tokens flagged ``special: false`` in Kimi's tokenizer config.
+NON_SPECIAL_TOKENS = frozenset(
+    {
+        TOOL_CALLS_SECTION_BEGIN,
+        TOOL_CALLS_SECTION_END,
+        TOOL_CALL_BEGIN,
+        TOOL_CALL_ARGUMENT_BEGIN,
+        TOOL_CALL_END,
+        THINK_BEGIN,
+        THINK_END,
+    }
+)
+
+# The markers a tool parser needs in the tokenizer's vocabulary.
+REQUIRED_TOOL_TOKENS = (
+    TOOL_CALLS_SECTION_BEGIN,
+    TOOL_CALLS_SECTION_END,
+    TOOL_CALL_BEGIN,
+    TOOL_CALL_ARGUMENT_BEGIN,
+    TOOL_CALL_END,
+)
+
+# Chat-structure tokens that never belong in user-visible content.
+CHAT_CONTROL_TOKENS = (
+    IM_END,
+    IM_USER,
+    IM_ASSISTANT,
+    IM_SYSTEM,
+    IM_MIDDLE,
+    "<|media_begin|>",
+    "<|media_content|>",
+    "<|media_end|>",
+    "<|media_pad|>",
+)
+
+EOS_TOKEN_ID = SPECIAL_TOKEN_IDS[IM_END]
+
+
+def missing_tool_tokens(vocab: Mapping[str, int]) -> list[str]:
+    """Return the tool markers absent from ``vocab`` (empty when usable)."""
+    return [tok for tok in REQUIRED_TOOL_TOKENS if tok not in vocab]

@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""``kimi_k2_robust``: vLLM tool-parser adapter over :mod:`.parsing`.
+
+Use with::
+
+    vllm serve <kimi model> --enable-auto-tool-choice \
+        --tool-call-parser kimi_k2_robust
+
+The adapter only translates: request → declared tools and history count,
+parser output → vLLM's ``ExtractedToolCallInformation`` / ``DeltaMessage``.
+It declares itself engine-based so that vLLM (a) feeds it deltas rather than
+re-sending the whole text, (b) returns its cleaned content even when no call
+was found, and (c) calls ``finish_streaming`` at the end of a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vllm_kimi_tools import metrics
+from vllm_kimi_tools._compat import (
+    ChatCompletionRequest,
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    ExtractedToolCallInformation,
+    FunctionCall,
+    ResponsesRequest,
+    ToolCall,
+    ToolParser,
+    count_history_tool_calls,
+    init_logger,
+)
+from vllm_kimi_tools.parsing import (
+    DroppedToolCall,
+    KimiToolCallParser,
+    ParseDelta,
+    ToolSpec,
+    parse_tool_calls,
+)
+from vllm_kimi_tools.tokens import missing_tool_tokens
+
+logger = init_logger(__name__)
+
+PARSER_NAME = "kimi_k2_robust"
+
+
+def request_tool_specs(request: Any) -> list[ToolSpec]:
+    """Function tools declared in a Chat Completions or Responses request."""
+    specs: list[ToolSpec] = []
+    for tool in getattr(request, "tools", None) or []:
+        function = getattr(tool, "function", None)
+        if function is not None:  # Chat Completions
+            specs.append(ToolSpec(function.name, function.parameters))
+        elif getattr(tool, "type", None) == "function":  # Responses
+            specs.append(ToolSpec(tool.name, getattr(tool, "parameters", None)))
+    return specs
+
+
+class KimiK2RobustToolParser(ToolParser):
+    """Kimi K2 tool parser that never loses a valid call or leaks markup."""
+
+    # Same xgrammar builtin as the stock parser, so ``--tool-strict-level``,
+    # strict tools and required/named tool_choice keep working unchanged.
+    structural_tag_model = "kimi"
+    engine_based_streaming = True
+
+    def __init__(self, tokenizer: Any, tools: Sequence[Any] | None = None) -> None:
+        super().__init__(tokenizer, tools)
+        missing = missing_tool_tokens(self.vocab)
+        if missing:
+            raise ValueError(
+                f"{PARSER_NAME} needs the Kimi K2 tool-call tokens in the "
+                f"tokenizer vocabulary; missing: {', '.join(missing)}"
+            )
+        self._stream: KimiToolCallParser | None = None
+
+    def adjust_request(
+        self, request: ChatCompletionRequest | ResponsesRequest
+    ) -> ChatCompletionRequest | ResponsesRequest:
+        request = super().adjust_request(request)
+        # The tool markers must reach the parser as text.
+        if request.tools and request.tool_choice != "none":
+            request.skip_special_tokens = False
+        return request
+
+    # -- non-streaming -----------------------------------------------------
+
+    def extract_tool_calls(
+        self, model_output: str, request: ChatCompletionRequest
+    ) -> ExtractedToolCallInformation:
+        result = parse_tool_calls(
+            model_output,
+            request_tool_specs(request),
+            count_history_tool_calls(request),
+        )
+        _report_dropped(result.dropped)
+        return ExtractedToolCallInformation(
+            tools_called=bool(result.tool_calls),
+            tool_calls=[
+                ToolCall(
+                    id=call.id,
+                    function=FunctionCall(
+                        id=call.id, name=call.name, arguments=call.arguments
+                    ),
+                )
+                for call in result.tool_calls
+            ],
+            content=result.content or None,
+        )
+
+    # -- streaming ---------------------------------------------------------
+
+    def extract_tool_calls_streaming(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_token_ids: Sequence[int],
+        current_token_ids: Sequence[int],
+        delta_token_ids: Sequence[int],
+        request: ChatCompletionRequest,
+    ) -> DeltaMessage | None:
+        if self._stream is None:
+            self._stream = KimiToolCallParser(
+                request_tool_specs(request), count_history_tool_calls(request)
+            )
+        return _to_delta_message(self._stream.feed(delta_text))
+
+    def finish_streaming(self) -> DeltaMessage | None:
+        if self._stream is None:
+            return None
+        return _to_delta_message(self._stream.finish())
+
+
+def _to_delta_message(delta: ParseDelta) -> DeltaMessage | None:
+    _report_dropped(delta.dropped)
+    if not delta.content and not delta.tool_calls:
+        return None
+    return DeltaMessage(
+        content=delta.content or None,
+        tool_calls=[
+            DeltaToolCall(
+                index=call.index,
+                id=call.id,
+                type="function",
+                function=DeltaFunctionCall(name=call.name, arguments=call.arguments),
+            )
+            for call in delta.tool_calls
+        ],
+    )
+
+
+def _report_dropped(dropped: Sequence[DroppedToolCall]) -> None:
+    for call in dropped:
+        metrics.record_dropped(call.reason.value)
+        logger.warning(
+            "%s: dropped a tool call (%s): id=%r name=%r arguments=%.200r",
+            PARSER_NAME,
+            call.reason.value,
+            call.raw_id,
+            call.name,
+            call.arguments,
+        )
