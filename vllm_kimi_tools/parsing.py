@@ -350,8 +350,9 @@ class KimiToolCallParser:
             brace = raw_id.index("{")
             raw_id, raw_args = raw_id[:brace].strip(), raw_id[brace:]
         self._start_call()
-        args = parse_arguments(raw_args)
         resolved = resolve_tool_call_id(raw_id, self._names)
+        # At the end of output a call without argument text was cut off.
+        args = None if at_end and not raw_args.strip() else parse_arguments(raw_args)
         if args is None:
             reason = DropReason.TRUNCATED if at_end else DropReason.INVALID_ARGUMENTS
             self._drop(raw_id, resolved.guessed_name, reason, raw_args)
