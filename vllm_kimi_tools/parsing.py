@@ -65,7 +65,7 @@ _MARKER_PREFIXES = frozenset(m[:i] for m in _MARKERS for i in range(1, len(m)))
 _JSON_STRING_RE = re.compile(r'["\\]')
 
 
-class DropReason(str, enum.Enum):
+class DropReason(enum.StrEnum):
     """Why a call the model wrote is not returned as a tool call."""
 
     UNDECLARED = "undeclared_tool"

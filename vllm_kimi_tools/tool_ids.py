@@ -4,7 +4,7 @@
 
 Canonical form, as Moonshot's API renders it::
 
-    functions.get_weather:3        # NAME = get_weather, IDX = 3
+    functions.get_weather: 3  # NAME = get_weather, IDX = 3
 
 IDX counts every tool call in the conversation, history included. Variants
 seen in the wild, all resolved against the tools declared in the request:

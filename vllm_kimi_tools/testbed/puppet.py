@@ -4,8 +4,12 @@
 
 A request opts in through ``vllm_xargs`` (``SamplingParams.extra_args``)::
 
-    {"vllm_xargs": {"puppet_script": [163595, 163597, 276, ...],
-                    "puppet_mode": "override"}}
+    {
+        "vllm_xargs": {
+            "puppet_script": [163595, 163597, 276, ...],
+            "puppet_mode": "override",
+        }
+    }
 
 At step ``n`` the row's logits become ``-inf`` except the script's ``n``-th
 token. Modes: ``override`` forces the token even if an earlier mask (vLLM's

@@ -161,7 +161,8 @@ class VllmServer:
 
     def tokenize(self, text: str) -> list[int]:
         status, body = self.post(
-            "/tokenize", {"model": "tinykimi", "prompt": text, "add_special_tokens": False}
+            "/tokenize",
+            {"model": "tinykimi", "prompt": text, "add_special_tokens": False},
         )
         if status != 200:
             raise RuntimeError(f"/tokenize failed: {status} {body}")

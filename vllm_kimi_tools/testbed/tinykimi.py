@@ -38,16 +38,17 @@ BUILD_VERSION = "1"  # bump when the output changes
 _TEMPLATE = Path(__file__).with_name("chat_template.jinja")
 _HIDDEN, _HEADS, _LAYERS = 128, 4, 2
 
-_WORDS = (
-    "the a of to and in is it you that was for on are with as at be this have "
-    "from or by but not what all were we when your can said there use an each "
-    "which she do how their if will up other about out many then them these so "
-    "some her would make like him into time has look two more write go see way "
-    "could people my than first water been call who oil its now find long down "
-    "day did get come made may part weather city Tokyo Paris London Berlin search "
-    "query file path read list send email unit celsius result return function "
-    "tool call arguments name value true false null number string object array"
-).split()
+_WORDS_TEXT = """
+the a of to and in is it you that was for on are with as at be this have from or
+by but not what all were we when your can said there use an each which she do
+how their if will up other about out many then them these so some her would make
+like him into time has look two more write go see way could people my than first
+water been call who oil its now find long down day did get come made may part
+weather city Tokyo Paris London Berlin search query file path read list send
+email unit celsius result return function tool call arguments name value true
+false null number string object array
+"""
+_WORDS = _WORDS_TEXT.split()
 
 
 def _corpus(rng: random.Random) -> list[str]:
@@ -73,8 +74,14 @@ def _filler(i: int, rng: random.Random) -> str:
 
 
 def build_tokenizer(out: Path) -> None:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers import trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
 
     rng = random.Random(0)
     trainer_tok = Tokenizer(models.BPE())
@@ -88,8 +95,10 @@ def build_tokenizer(out: Path) -> None:
     trainer_tok.train_from_iterator(_corpus(rng), trainer=trainer)
     model_json = json.loads(trainer_tok.to_str())["model"]
     vocab: dict[str, int] = dict(model_json["vocab"])
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
-              model_json["merges"]]
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+        for m in model_json["merges"]
+    ]
     i = len(vocab)
     while len(vocab) < NUM_BASE_TOKENS:
         token = _filler(i, rng)
@@ -142,7 +151,10 @@ def build_tokenizer(out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(
         json.dumps(
-            {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+            {
+                k: config[k]
+                for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+            },
             indent=2,
         )
         + "\n"
@@ -176,8 +188,11 @@ def build_model(out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").write_text(
         json.dumps(
-            {"bos_token_id": config.bos_token_id, "eos_token_id": eos,
-             "pad_token_id": config.pad_token_id},
+            {
+                "bos_token_id": config.bos_token_id,
+                "eos_token_id": eos,
+                "pad_token_id": config.pad_token_id,
+            },
             indent=2,
         )
         + "\n"

@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""A real ``vllm serve`` on CPU with the tiny Kimi-format model, per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from vllm_kimi_tools.testbed.server import PUPPET, VllmServer  # noqa: E402
+from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tinykimi(cache_dir: Path) -> Path:
+    return ensure_tinykimi(cache_dir / "tinykimi")
+
+
+def _serve(tinykimi: Path, cache_dir: Path, name: str, parser: str) -> VllmServer:
+    return VllmServer(
+        tinykimi,
+        [
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            parser,
+            "--logits-processors",
+            PUPPET,
+        ],
+        cache_dir=cache_dir,
+        log_path=cache_dir / "logs" / f"e2e-{name}.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def robust_server(tinykimi: Path, cache_dir: Path) -> Iterator[VllmServer]:
+    with _serve(tinykimi, cache_dir, "robust", "kimi_k2_robust") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stock_server(tinykimi: Path, cache_dir: Path) -> Iterator[VllmServer]:
+    with _serve(tinykimi, cache_dir, "stock", "kimi_k2") as server:
+        yield server

@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""kimi_k2_robust through vLLM's own parser composition (no engine)."""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib.metadata import entry_points
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from tests.kimi_text import ARG, CALL, END, SEC, call, section  # noqa: E402
+from vllm_kimi_tools import metrics, register, tokens  # noqa: E402
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+HISTORY = [
+    {"role": "user", "content": "weather?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "get_weather:0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "A"}'},
+            },
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "B"}'},
+            },
+        ],
+    },
+    {"role": "tool", "tool_call_id": "get_weather:0", "content": "sunny"},
+    {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+    {"role": "user", "content": "and Tokyo?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    tok = MagicMock()
+    tok.get_vocab.return_value = dict(tokens.SPECIAL_TOKEN_IDS)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def parser_cls(tokenizer: Any) -> Any:
+    from vllm.parser.parser_manager import ParserManager
+
+    register()
+    return ParserManager.get_parser(
+        tool_parser_name="kimi_k2_robust",
+        enable_auto_tools=True,
+        tokenizer=tokenizer,
+    )
+
+
+def _request(**kw: Any) -> Any:
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionRequest,
+    )
+
+    body = {"model": "m", "messages": HISTORY, "tools": [WEATHER], **kw}
+    return ChatCompletionRequest(**body)
+
+
+def _parse(parser_cls: Any, tokenizer: Any, text: str, **kw: Any):
+    request = _request(**kw)
+    parser = parser_cls(tokenizer, request.tools)
+    return parser.parse(text, request, enable_auto_tools=True)
+
+
+def _stream(parser_cls: Any, tokenizer: Any, text: str, sizes: list[int], **kw):
+    """Feed deltas the way the serving layer does; rebuild the message."""
+    request = _request(**kw)
+    parser = parser_cls(tokenizer, request.tools)
+    content, calls = "", {}
+    pieces, pos = [], 0
+    for size in sizes:
+        pieces.append(text[pos : pos + size])
+        pos += size
+    pieces.append(text[pos:])
+    last_index = -1
+    for i, piece in enumerate(pieces):
+        delta = parser.parse_delta(
+            piece, [], request, prompt_token_ids=[], finished=i == len(pieces) - 1
+        )
+        if delta is None:
+            continue
+        content += delta.content or ""
+        for tc in delta.tool_calls:
+            assert tc.index >= last_index, "indices must be monotonic"
+            last_index = tc.index
+            assert tc.index not in calls, "id and name are sent once per call"
+            calls[tc.index] = (tc.id, tc.function.name, tc.function.arguments)
+    return content, [calls[i] for i in sorted(calls)]
+
+
+def test_entry_point_registers_parser() -> None:
+    from vllm.tool_parsers import ToolParserManager
+
+    (ep,) = [
+        e
+        for e in entry_points(group="vllm.general_plugins")
+        if e.value == "vllm_kimi_tools:register"
+    ]
+    ep.load()()
+    ep.load()()  # idempotent
+    cls = ToolParserManager.get_tool_parser("kimi_k2_robust")
+    assert cls.__name__ == "KimiK2RobustToolParser"
+    # The stock parser is untouched.
+    stock = ToolParserManager.get_tool_parser("kimi_k2")
+    assert stock.__module__.startswith("vllm.")
+
+
+def test_tokenizer_without_kimi_tokens_fails_at_startup() -> None:
+    from vllm.parser.parser_manager import ParserManager
+
+    register()
+    plain = MagicMock()
+    plain.get_vocab.return_value = {"a": 0}
+    with pytest.raises(TypeError, match="tool_calls_section_begin"):
+        ParserManager.get_parser(
+            tool_parser_name="kimi_k2_robust", enable_auto_tools=True, tokenizer=plain
+        )
+
+
+def test_non_streaming_canonical_ids_continue_history(parser_cls, tokenizer) -> None:
+    text = "On it." + section(
+        call("get_weather:2", {"city": "Tokyo"}), call("call_x", {"city": "Oslo"})
+    )
+    reasoning, content, calls = _parse(parser_cls, tokenizer, text)
+    assert content == "On it."
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in calls] == [
+        ("functions.get_weather:2", "get_weather", {"city": "Tokyo"}),
+        ("functions.get_weather:3", "get_weather", {"city": "Oslo"}),
+    ]
+
+
+def test_no_complete_call_returns_clean_content(parser_cls, tokenizer) -> None:
+    before = metrics.dropped_counts().get("truncated", 0)
+    text = "Checking." + SEC + CALL + "functions.get_weather:2" + ARG + '{"ci'
+    _, content, calls = _parse(parser_cls, tokenizer, text)
+    assert content == "Checking."
+    assert not calls
+    assert metrics.dropped_counts()["truncated"] == before + 1
+
+
+def test_undeclared_call_is_dropped_and_counted(parser_cls, tokenizer) -> None:
+    before = metrics.dropped_counts().get("undeclared_tool", 0)
+    text = section(call("functions.delete_file:0", {"path": "/etc/passwd"}))
+    _, content, calls = _parse(parser_cls, tokenizer, text)
+    assert not calls
+    assert not content
+    assert metrics.dropped_counts()["undeclared_tool"] == before + 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sure." + section(call("get_weather:9", {"city": "Tokyo"})) + "Done.",
+        CALL + "functions_get_weather_0" + ARG + '{"city": "x"}' + END,
+        SEC + CALL + "functions.get_weather:0" + ARG + '{"city": "a' + END + 'b"}',
+        "no calls at all <|tool",
+        "x" + SEC + CALL + "functions.get_weather:0" + ARG + '{"ci',
+    ],
+)
+def test_streaming_equals_non_streaming(parser_cls, tokenizer, text) -> None:
+    _, content, calls = _parse(parser_cls, tokenizer, text)
+    expected = (content or "", [(c.id, c.name, c.arguments) for c in calls or []])
+    rng = random.Random(7)
+    for cut in range(len(text) + 1):
+        assert _stream(parser_cls, tokenizer, text, [cut]) == expected
+    for _ in range(20):
+        sizes = [rng.randint(0, 6) for _ in range(len(text))]
+        assert _stream(parser_cls, tokenizer, text, sizes) == expected
+
+
+def test_tool_choice_none_strips_markup(parser_cls, tokenizer) -> None:
+    text = "Hi" + section(call("functions.get_weather:0", {"city": "x"}))
+    _, content, calls = _parse(parser_cls, tokenizer, text, tool_choice="none")
+    assert not calls
+    assert content == "Hi"
+
+
+def test_adjust_request_keeps_special_tokens(parser_cls, tokenizer) -> None:
+    request = _request()
+    parser = parser_cls(tokenizer, request.tools)
+    assert parser.adjust_request(request).skip_special_tokens is False
+    # Default flags, tool_choice auto: no grammar from the stock strict mode.
+    assert request.structured_outputs is None
+
+
+def test_responses_request_tools_and_history(tokenizer) -> None:
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    from vllm_kimi_tools.tool_parser import KimiK2RobustToolParser
+
+    request = ResponsesRequest(
+        model="m",
+        input=[
+            {"role": "user", "content": "hi"},
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "name": "get_weather",
+                "arguments": "{}",
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+        ],
+        tools=[{"type": "function", "name": "get_weather", "parameters": {}}],
+    )
+    parser = KimiK2RobustToolParser(tokenizer, request.tools)
+    info = parser.extract_tool_calls(
+        section(call("get_weather:0", {"city": "x"})), request
+    )
+    assert [tc.id for tc in info.tool_calls] == ["functions.get_weather:1"]
