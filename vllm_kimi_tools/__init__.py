@@ -2,9 +2,10 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """vLLM plugin: Moonshot-grade tool calling for Kimi K2 models.
 
-Installed, it registers the ``kimi_k2_robust`` tool parser through vLLM's
-``vllm.general_plugins`` entry point. Nothing changes for a server until it
-is started with ``--tool-call-parser kimi_k2_robust``.
+Installed, it registers the ``kimi_k2_robust`` tool parser and its
+chat-template hook through vLLM's ``vllm.general_plugins`` entry point.
+Nothing changes for a server until it is started with
+``--tool-call-parser kimi_k2_robust``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,27 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from vllm.tool_parsers import ToolParserManager
+    from vllm_kimi_tools import _compat
 
-    ToolParserManager.register_lazy_module(
+    _compat.ToolParserManager.register_lazy_module(
         name="kimi_k2_robust",
         module_path="vllm_kimi_tools.tool_parser",
         class_name="KimiK2RobustToolParser",
     )
+    # The chat-template hook replaces vLLM's ``hf`` renderer with a subclass
+    # that is a no-op unless kimi_k2_robust is the server's parser. If vLLM's
+    # renderer moved, it is not installed and kimi_k2_robust refuses to
+    # start (see tool_parser.py); other servers are unaffected.
+    reason = _compat.hf_renderer_hookable()
+    if reason is None:
+        _compat.install_hf_renderer("vllm_kimi_tools.renderer", "KimiAwareHfRenderer")
+    else:
+        _HOOK_PROBLEM.append(reason)
     _REGISTERED = True
+
+
+# Why the renderer hook could not be installed (empty when it is).
+_HOOK_PROBLEM: list[str] = []
 
 
 __all__ = ["__version__", "register"]

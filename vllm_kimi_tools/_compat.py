@@ -23,7 +23,35 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.logger import init_logger
 from vllm.parser.utils import count_history_tool_calls
+from vllm.renderers.hf import HfRenderer
+from vllm.renderers.registry import RENDERER_REGISTRY
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
+
+# The renderer mode vLLM uses for Hugging Face tokenizers (Kimi's included).
+HF_RENDERER_MODE = "hf"
+_STOCK_HF_RENDERER = ("vllm.renderers.hf", "HfRenderer")
+
+
+def hf_renderer_hookable() -> str | None:
+    """None when the ``hf`` renderer can be replaced, else why not."""
+    for method in ("render_messages", "render_messages_async"):
+        if not callable(getattr(HfRenderer, method, None)):
+            return f"HfRenderer.{method} is gone"
+    current = RENDERER_REGISTRY.renderers.get(HF_RENDERER_MODE)
+    if current != _STOCK_HF_RENDERER:
+        return f"the {HF_RENDERER_MODE!r} renderer is already {current}"
+    return None
+
+
+def install_hf_renderer(module: str, class_name: str) -> None:
+    # Written into the registry directly: RENDERER_REGISTRY.register() would
+    # log an "overwritten" warning in every vLLM process, Kimi or not.
+    RENDERER_REGISTRY.renderers[HF_RENDERER_MODE] = (module, class_name)
+
+
+def installed_hf_renderer() -> tuple[str, str] | None:
+    return RENDERER_REGISTRY.renderers.get(HF_RENDERER_MODE)
+
 
 __all__ = [
     "ChatCompletionRequest",
@@ -32,6 +60,7 @@ __all__ = [
     "DeltaToolCall",
     "ExtractedToolCallInformation",
     "FunctionCall",
+    "HfRenderer",
     "ResponsesRequest",
     "ToolCall",
     "ToolParser",

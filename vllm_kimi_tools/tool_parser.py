@@ -33,6 +33,7 @@ from vllm_kimi_tools._compat import (
     count_history_tool_calls,
     init_logger,
 )
+from vllm_kimi_tools.conversation import count_tool_calls
 from vllm_kimi_tools.parsing import (
     DroppedToolCall,
     KimiToolCallParser,
@@ -45,6 +46,17 @@ from vllm_kimi_tools.tokens import missing_tool_tokens
 logger = init_logger(__name__)
 
 PARSER_NAME = "kimi_k2_robust"
+
+
+def history_tool_call_count(request: Any) -> int:
+    """Tool calls already in the conversation: the first output index.
+
+    For Chat Completions this is the count the chat-template hook renders
+    (orphan tool results get an index of their own), so ids never collide.
+    """
+    if isinstance(request, ChatCompletionRequest):
+        return count_tool_calls(request.messages)
+    return count_history_tool_calls(request)
 
 
 def request_tool_specs(request: Any) -> list[ToolSpec]:
@@ -75,6 +87,7 @@ class KimiK2RobustToolParser(ToolParser):
                 f"{PARSER_NAME} needs the Kimi K2 tool-call tokens in the "
                 f"tokenizer vocabulary; missing: {', '.join(missing)}"
             )
+        _require_render_hook()
         self._stream: KimiToolCallParser | None = None
 
     def adjust_request(
@@ -94,7 +107,7 @@ class KimiK2RobustToolParser(ToolParser):
         result = parse_tool_calls(
             model_output,
             request_tool_specs(request),
-            count_history_tool_calls(request),
+            history_tool_call_count(request),
         )
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
@@ -125,7 +138,7 @@ class KimiK2RobustToolParser(ToolParser):
     ) -> DeltaMessage | None:
         if self._stream is None:
             self._stream = KimiToolCallParser(
-                request_tool_specs(request), count_history_tool_calls(request)
+                request_tool_specs(request), history_tool_call_count(request)
             )
         return _to_delta_message(self._stream.feed(delta_text))
 
@@ -133,6 +146,25 @@ class KimiK2RobustToolParser(ToolParser):
         if self._stream is None:
             return None
         return _to_delta_message(self._stream.finish())
+
+
+def _require_render_hook() -> None:
+    """Fail at start-up (vLLM builds the parser once to validate it) when the
+    chat-template hook is missing, instead of rendering unnormalised prompts."""
+    from vllm_kimi_tools import _HOOK_PROBLEM, register
+    from vllm_kimi_tools._compat import installed_hf_renderer
+    from vllm_kimi_tools.renderer import hook_enabled_by_env
+
+    register()
+    if not hook_enabled_by_env():
+        return
+    if installed_hf_renderer() != ("vllm_kimi_tools.renderer", "KimiAwareHfRenderer"):
+        problem = "; ".join(_HOOK_PROBLEM) or "vLLM's renderer registry changed"
+        raise RuntimeError(
+            f"{PARSER_NAME}: the chat-template hook is not installed ({problem}). "
+            "Use vLLM 0.32.x, or set VLLM_KIMI_TOOLS_NORMALIZE=0 to serve "
+            "without history normalisation."
+        )
 
 
 def _to_delta_message(delta: ParseDelta) -> DeltaMessage | None:

@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Chat-template preprocessor hook: vLLM's HF renderer, normalising Kimi chats.
+
+Installed for vLLM's ``hf`` renderer mode by :func:`vllm_kimi_tools.register`.
+For every chat rendered in a process whose server uses
+``--tool-call-parser kimi_k2_robust`` (Chat Completions, Responses,
+``/tokenize``, ``/render``), and only for a tokenizer with Kimi's tool
+tokens, it
+
+1. rewrites the messages with :func:`.conversation.normalize_messages`
+   (canonical ``functions.NAME:IDX`` history ids, plain-string content, tool
+   names on tool results, ``reasoning_content`` kept);
+2. renders string content as strings (vLLM would otherwise turn ``""`` into
+   ``[{'type': 'text', 'text': ''}]`` for templates it classifies as
+   "openai" content format, and old Kimi templates print that list);
+3. makes sure the prompt ends with ``<|im_assistant|>assistant<|im_middle|>``
+   when a generation prompt was asked for.
+
+Everything else (other parsers, other models) renders exactly as stock vLLM.
+Set ``VLLM_KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vllm_kimi_tools._compat import HfRenderer, ToolParserManager, init_logger
+from vllm_kimi_tools.conversation import normalize_messages
+from vllm_kimi_tools.tokens import GENERATION_PROMPT, missing_tool_tokens
+
+logger = init_logger(__name__)
+
+PARSER_NAME = "kimi_k2_robust"
+ENV_SWITCH = "VLLM_KIMI_TOOLS_NORMALIZE"
+
+
+def hook_enabled_by_env() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").lower() not in ("0", "false", "no", "off")
+
+
+def _all_text(messages: Sequence[Mapping[str, Any]]) -> bool:
+    return all(
+        m.get("content") is None or isinstance(m.get("content"), str) for m in messages
+    )
+
+
+def prepare_chat(
+    messages: Sequence[Mapping[str, Any]], params: Any
+) -> tuple[list[dict[str, Any]], Any]:
+    """Normalised messages, and params that render their content as strings."""
+    normalized, report = normalize_messages(messages)
+    if report.id_map or report.orphan_results or report.matched_by_order:
+        logger.debug(
+            "kimi history normalised: ids %s, by order %s, orphans %s",
+            report.id_map,
+            report.matched_by_order,
+            report.orphan_results,
+        )
+    if _all_text(normalized) and params.chat_template_content_format != "string":
+        params = dataclasses.replace(params, chat_template_content_format="string")
+    return normalized, params
+
+
+def ensure_generation_prompt(
+    prompt: Any, params: Any, generation_ids: Sequence[int]
+) -> Any:
+    """Append the generation prompt when the template dropped it."""
+    kwargs = params.get_apply_chat_template_kwargs()
+    if not kwargs.get("add_generation_prompt") or kwargs.get("continue_final_message"):
+        return prompt
+    if not isinstance(prompt, dict):
+        return prompt
+    text = prompt.get("prompt")
+    ids = prompt.get("prompt_token_ids")
+    if isinstance(text, str) and not text.endswith(GENERATION_PROMPT):
+        prompt["prompt"] = text + GENERATION_PROMPT
+    elif isinstance(ids, list) and ids[-len(generation_ids) :] != list(generation_ids):
+        prompt["prompt_token_ids"] = ids + list(generation_ids)
+    else:
+        return prompt
+    logger.warning_once(
+        "The chat template ignored add_generation_prompt; appending %r",
+        GENERATION_PROMPT,
+    )
+    return prompt
+
+
+class KimiAwareHfRenderer(HfRenderer):
+    """``HfRenderer`` that renders Kimi conversations as Moonshot's API does."""
+
+    _kimi_vocab: bool | None = None
+    _generation_ids: list[int] | None = None
+
+    def _generation_prompt_ids(self) -> list[int]:
+        if self._generation_ids is None:
+            self._generation_ids = self.get_tokenizer().encode(
+                GENERATION_PROMPT, add_special_tokens=False
+            )
+        return self._generation_ids
+
+    def _normalizing(self) -> bool:
+        if (
+            not hook_enabled_by_env()
+            or PARSER_NAME not in ToolParserManager.tool_parsers
+        ):
+            return False
+        if self._kimi_vocab is None:
+            tokenizer = self.tokenizer
+            self._kimi_vocab = tokenizer is not None and not missing_tool_tokens(
+                tokenizer.get_vocab()
+            )
+        return self._kimi_vocab
+
+    def render_messages(self, messages: Any, params: Any) -> Any:
+        if not self._normalizing():
+            return super().render_messages(messages, params)
+        messages, params = prepare_chat(messages, params)
+        conversation, prompt = super().render_messages(messages, params)
+        return conversation, ensure_generation_prompt(
+            prompt, params, self._generation_prompt_ids()
+        )
+
+    async def render_messages_async(self, messages: Any, params: Any) -> Any:
+        if not self._normalizing():
+            return await super().render_messages_async(messages, params)
+        messages, params = prepare_chat(messages, params)
+        conversation, prompt = await super().render_messages_async(messages, params)
+        return conversation, ensure_generation_prompt(
+            prompt, params, self._generation_prompt_ids()
+        )
