@@ -16,3 +16,11 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("VLLM_KIMI_TOOLS_CACHE", REPO / ".cache"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tinykimi(cache_dir: Path) -> Path:
+    pytest.importorskip("torch")
+    from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+
+    return ensure_tinykimi(cache_dir / "tinykimi")

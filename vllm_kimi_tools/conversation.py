@@ -17,9 +17,11 @@ is rendered as if it had been written canonically::
 
 IDX is the running index of tool calls in the conversation. Content that is
 ``None``, ``""`` or a list of text parts becomes a plain string on every role;
-string arguments holding a JSON object become that object (vLLM would do so
-too), so both spellings render identically; ``reasoning_content`` is carried
-into vLLM's ``reasoning`` field. Pure: no vLLM import, input never mutated.
+object arguments become JSON text (vLLM parses both spellings into the same
+object before the template runs, so they render identically);
+``reasoning_content`` is carried into vLLM's ``reasoning`` field. No vLLM
+import; the input is left unchanged except that one-shot iterables in it are
+replaced by equal lists.
 """
 
 from __future__ import annotations
@@ -71,13 +73,24 @@ def _flatten(content: Any) -> tuple[Any, bool]:
 
 
 def _normalize_arguments(arguments: Any) -> Any:
-    if isinstance(arguments, str):
-        try:
-            value = json.loads(arguments)
-        except ValueError:
-            return arguments
-        return value if isinstance(value, dict) else arguments
+    # vLLM validates history arguments as strings (OpenAI schema) and parses
+    # them into objects before the template runs, so objects become JSON text
+    # here and both spellings reach the template as the same object.
+    if isinstance(arguments, Mapping):
+        return json.dumps(arguments, ensure_ascii=False)
     return arguments
+
+
+def _materialize(message: Mapping[str, Any]) -> None:
+    """Turn one-shot iterables (pydantic's ``ValidatorIterator`` for
+    ``tool_calls`` and content parts) into lists, in place, so that reading
+    them here does not exhaust them for vLLM's later readers."""
+    if not isinstance(message, dict):
+        return
+    for key in ("tool_calls", "content"):
+        value = message.get(key)
+        if value is not None and not isinstance(value, (str, list, Mapping)):
+            message[key] = list(value)
 
 
 def _function(call: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -98,6 +111,7 @@ def normalize_messages(
     counter = 0
 
     for i, message in enumerate(messages):
+        _materialize(message)
         msg = copy.deepcopy(dict(message))
         role = msg.get("role")
         if "content" in msg or role in ("assistant", "tool"):

@@ -12,12 +12,6 @@ import pytest
 pytest.importorskip("vllm")
 
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer  # noqa: E402
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tinykimi(cache_dir: Path) -> Path:
-    return ensure_tinykimi(cache_dir / "tinykimi")
 
 
 def _serve(tinykimi: Path, cache_dir: Path, name: str, parser: str) -> VllmServer:

@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The chat-template hook inside a real ``vllm serve``, seen via /tokenize."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conversations import CANONICAL, MESSY, TOOLS, with_string_arguments
+from tests.kimi_text import call, section
+from vllm_kimi_tools import tokens
+from vllm_kimi_tools.testbed.server import VllmServer
+
+pytestmark = pytest.mark.e2e
+
+
+def _prompt_ids(server: VllmServer, messages: list) -> list[int]:
+    status, body = server.post(
+        "/tokenize",
+        {
+            "model": "tinykimi",
+            "messages": with_string_arguments(messages),
+            "tools": TOOLS,
+            "add_generation_prompt": True,
+        },
+    )
+    assert status == 200, body
+    return body["tokens"]
+
+
+def test_engine_receives_canonical_prompt(robust_server) -> None:
+    messy = _prompt_ids(robust_server, MESSY)
+    assert messy == _prompt_ids(robust_server, CANONICAL)
+    generation = robust_server.tokenize(tokens.GENERATION_PROMPT)
+    assert messy[-len(generation) :] == generation
+    status, text = robust_server.post(
+        "/detokenize", {"model": "tinykimi", "tokens": messy}
+    )
+    assert status == 200
+    prompt = text["prompt"]
+    assert "call_9f2c" not in prompt and "[{'type'" not in prompt
+    assert "## Return of functions.get_weather:3" in prompt
+
+
+def test_output_ids_continue_normalised_history(robust_server) -> None:
+    output = section(call("get_weather:0", {"city": "Paris"})) + tokens.IM_END
+    status, body = robust_server.post(
+        "/v1/chat/completions",
+        {
+            "model": "tinykimi",
+            "messages": with_string_arguments(MESSY),
+            "tools": TOOLS,
+            "max_tokens": 64,
+            "temperature": 0,
+            "vllm_xargs": {"puppet_script": robust_server.tokenize(output)},
+        },
+    )
+    assert status == 200, body
+    (tc,) = body["choices"][0]["message"]["tool_calls"]
+    assert tc["id"] == "functions.get_weather:4"
+    assert json.loads(tc["function"]["arguments"]) == {"city": "Paris"}
+
+
+def test_stock_parser_server_renders_unchanged(stock_server) -> None:
+    assert _prompt_ids(stock_server, MESSY) != _prompt_ids(stock_server, CANONICAL)

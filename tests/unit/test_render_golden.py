@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Golden renders through vLLM's real HF renderer, over Moonshot's templates.
+
+A messy conversation must render byte-identical to the same conversation
+written canonically, on every Kimi template in ``../shared/anchors/kimi``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from tests.conftest import SHARED  # noqa: E402
+from tests.conversations import CANONICAL, MESSY, TOOLS  # noqa: E402
+from vllm_kimi_tools import tokens  # noqa: E402
+
+TEMPLATES = sorted((SHARED / "anchors" / "kimi").glob("*.jinja"))
+
+
+@pytest.fixture(scope="module")
+def renderer(tinykimi: Path) -> Any:
+    from vllm.config import ModelConfig, VllmConfig
+    from vllm.renderers.registry import renderer_from_config
+    from vllm.tool_parsers import ToolParserManager
+
+    from vllm_kimi_tools import register
+
+    register()
+    ToolParserManager.get_tool_parser("kimi_k2_robust")  # as a server would
+    config = VllmConfig(model_config=ModelConfig(model=str(tinykimi)))
+    return renderer_from_config(config)
+
+
+def _render(renderer: Any, template: str, messages: list, **kwargs: Any) -> str:
+    from vllm.renderers.params import ChatParams
+
+    params = ChatParams(
+        chat_template=template,
+        chat_template_kwargs={"tools": TOOLS, "add_generation_prompt": True, **kwargs},
+    )
+    _, prompt = renderer.render_messages(messages, params)
+    ids = prompt.get("prompt_token_ids")
+    if ids is not None:
+        return renderer.get_tokenizer().decode(ids, skip_special_tokens=False)
+    return prompt["prompt"]
+
+
+@pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem[:40])
+def test_messy_renders_like_canonical(renderer: Any, path: Path) -> None:
+    template = path.read_text()
+    if ".append(" in template:
+        # llama.cpp-modified copies mutate lists, which vLLM's (and HF's)
+        # sandboxed Jinja rejects: they never render in vLLM, hooked or not.
+        pytest.skip(f"{path.name} is not renderable by vLLM's sandboxed Jinja")
+    messy = _render(renderer, template, MESSY)
+    canonical = _render(renderer, template, CANONICAL)
+    assert messy == canonical
+    assert "[{'type'" not in messy
+    for bad in ("|>search:0", "call_9f2c", "functions_get_weather_1", "lost-id"):
+        assert bad not in messy
+    assert messy.endswith(tokens.GENERATION_PROMPT)
+
+
+@pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
+def test_stock_rendering_differs_without_hook(renderer, monkeypatch) -> None:
+    """The hook is what makes the difference (so the golden test can fail)."""
+    template = next(p for p in TEMPLATES if "prefix__llamacpp" in p.name).read_text()
+    hooked = _render(renderer, template, MESSY)
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
+    stock = _render(renderer, template, MESSY)
+    assert stock != hooked
+    assert "call_9f2c" in stock
+
+
+def test_continue_final_message_gets_no_generation_prompt(renderer, tinykimi) -> None:
+    template = (tinykimi / "chat_template.jinja").read_text()
+    messages = [*CANONICAL[:2], {"role": "assistant", "content": "Partial"}]
+    text = _render(
+        renderer,
+        template,
+        messages,
+        add_generation_prompt=False,
+        continue_final_message=True,
+    )
+    assert not text.endswith(tokens.GENERATION_PROMPT)
+
+
+def test_template_without_generation_prompt_gets_one(renderer) -> None:
+    template = (
+        "{% for m in messages %}<|im_user|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    )
+    text = _render(renderer, template, [{"role": "user", "content": "hi"}])
+    assert text.endswith(tokens.GENERATION_PROMPT)
