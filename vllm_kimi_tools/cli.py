@@ -2,6 +2,9 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """``vllm-kimi-tools`` command line.
 
+``vllm-kimi-tools render REQUEST.json [--model DIR]`` prints the exact prompt
+a chat request becomes, before and after the chat-template hook.
+
 ``vllm-kimi-tools demo`` builds the tiny local Kimi-format model, starts a real
 ``vllm serve --tool-call-parser kimi_k2_robust`` on CPU and sends one chat
 request with tools. The test-bed puppet makes the model write a call the way
@@ -116,9 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-kimi-tools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="serve the tiny Kimi-format model, one tool call")
+    render = sub.add_parser(
+        "render", help="print the prompt a chat request becomes, before/after"
+    )
+    render.add_argument("request", help="a Chat Completions request body (JSON)")
+    render.add_argument(
+        "--model", help="model or tokenizer directory (default: the test-bed model)"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "render":
+        from vllm_kimi_tools.render_cli import run
+
+        return run(args.request, args.model)
     return 2
 
 

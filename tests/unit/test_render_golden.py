@@ -97,3 +97,59 @@ def test_template_without_generation_prompt_gets_one(renderer) -> None:
     )
     text = _render(renderer, template, [{"role": "user", "content": "hi"}])
     assert text.endswith(tokens.GENERATION_PROMPT)
+
+
+def test_render_cli_prints_before_after_and_diff(tinykimi, tmp_path, capsys) -> None:
+    import json
+
+    from tests.conversations import with_string_arguments
+    from vllm_kimi_tools.cli import main
+
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps({"messages": with_string_arguments(MESSY), "tools": TOOLS})
+    )
+    assert main(["render", str(request), "--model", str(tinykimi)]) == 0
+    out = capsys.readouterr().out
+    before, after = out.split("=== after (kimi_k2_robust) ===")
+    assert "<|tool_call_begin|>call_9f2c" in before
+    assert "call_9f2c" not in after.split("=== differences ===")[0]
+    assert "+<|tool_call_begin|>functions.open_url:1" in out
+    assert (
+        after.split("=== differences ===")[0].strip().endswith(tokens.GENERATION_PROMPT)
+    )
+
+
+def test_render_cli_rejects_non_chat_request(tmp_path, capsys) -> None:
+    from vllm_kimi_tools.cli import main
+
+    request = tmp_path / "request.json"
+    request.write_text('{"prompt": "hi"}')
+    assert main(["render", str(request)]) == 2
+    assert "messages" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
+def test_reasoning_content_reaches_thinking_template(renderer, monkeypatch) -> None:
+    path = next(p for p in TEMPLATES if "Thinking_HF-official" in p.name)
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "I should call get_weather.",
+            "tool_calls": [
+                {
+                    "id": "get_weather:0",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"X"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "get_weather:0", "content": "sunny"},
+    ]
+    hooked = _render(renderer, path.read_text(), messages)
+    assert "<think>I should call get_weather.</think>" in hooked
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
+    stock = _render(renderer, path.read_text(), messages)
+    assert "I should call get_weather." not in stock
