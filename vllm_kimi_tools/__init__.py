@@ -2,8 +2,8 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """vLLM plugin: Moonshot-grade tool calling for Kimi K2 models.
 
-Installed, it registers the ``kimi_k2_robust`` tool parser and its
-chat-template hook through vLLM's ``vllm.general_plugins`` entry point.
+Installed, it registers the ``kimi_k2_robust`` tool and reasoning parsers
+and the chat-template hook through vLLM's ``vllm.general_plugins`` entry point.
 Nothing changes for a server until it is started with
 ``--tool-call-parser kimi_k2_robust``.
 """
@@ -35,6 +35,11 @@ def register() -> None:
         name="kimi_k2_robust",
         module_path="vllm_kimi_tools.tool_parser",
         class_name="KimiK2RobustToolParser",
+    )
+    _compat.ReasoningParserManager.register_lazy_module(
+        name="kimi_k2_robust",
+        module_path="vllm_kimi_tools.reasoning_parser",
+        class_name="KimiK2RobustReasoningParser",
     )
     # The chat-template hook replaces vLLM's ``hf`` renderer with a subclass
     # that is a no-op unless kimi_k2_robust is the server's parser. If vLLM's

@@ -22,7 +22,12 @@ from vllm.entrypoints.generate.base.protocol import (
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.logger import init_logger
+from vllm.parser.engine.adapters import make_adapters
+from vllm.parser.engine.events import EventType
+from vllm.parser.engine.parser_engine_config import ParserState, Transition
+from vllm.parser.kimi_k2 import KimiK2Parser, kimi_k2_config
 from vllm.parser.utils import count_history_tool_calls
+from vllm.reasoning import ReasoningParserManager
 from vllm.renderers.hf import HfRenderer
 from vllm.renderers.registry import RENDERER_REGISTRY
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
@@ -58,13 +63,20 @@ __all__ = [
     "DeltaFunctionCall",
     "DeltaMessage",
     "DeltaToolCall",
+    "EventType",
     "ExtractedToolCallInformation",
     "FunctionCall",
     "HfRenderer",
+    "KimiK2Parser",
+    "ParserState",
+    "ReasoningParserManager",
     "ResponsesRequest",
     "ToolCall",
     "ToolParser",
     "ToolParserManager",
+    "Transition",
     "count_history_tool_calls",
     "init_logger",
+    "kimi_k2_config",
+    "make_adapters",
 ]

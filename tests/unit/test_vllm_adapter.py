@@ -231,3 +231,87 @@ def test_responses_request_tools_and_history(tokenizer) -> None:
         section(call("get_weather:0", {"city": "x"})), request
     )
     assert [tc.id for tc in info.tool_calls] == ["functions.get_weather:1"]
+
+
+THINK_CASES = [
+    pytest.param(
+        "<think>hmm"
+        + SEC
+        + CALL
+        + "functions.get_weather:0"
+        + ARG
+        + '{"city":"a"}'
+        + END,
+        id="section_inside_think",
+    ),
+    pytest.param(
+        "<think>hmm" + CALL + "functions.get_weather:0" + ARG + '{"city":"a"}' + END,
+        id="bare_call_inside_think",
+    ),
+    pytest.param(
+        "<think>hmm</think>ok" + section(call("get_weather:0", {"city": "a"})),
+        id="call_after_think",
+    ),
+]
+
+
+@pytest.mark.parametrize("text", THINK_CASES)
+def test_robust_reasoning_parser_keeps_markup_out_of_reasoning(text, tinykimi) -> None:
+    from vllm.parser.parser_manager import ParserManager
+    from vllm.tokenizers import get_tokenizer
+
+    register()
+    tok = get_tokenizer(str(tinykimi))
+    cls = ParserManager.get_parser(
+        tool_parser_name="kimi_k2_robust",
+        reasoning_parser_name="kimi_k2_robust",
+        enable_auto_tools=True,
+        tokenizer=tok,
+    )
+    request = _request()
+    reasoning, content, calls = cls(tok, request.tools).parse(
+        text, request, enable_auto_tools=True
+    )
+    assert reasoning == "hmm"
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": "a"})
+    ]
+    parser = cls(tok, request.tools)
+    ids = tok.encode(text, add_special_tokens=False)
+    streamed_reasoning, streamed_calls = "", []
+    for i, token in enumerate(ids):
+        delta = parser.parse_delta(
+            tok.decode([token]),
+            [token],
+            request,
+            prompt_token_ids=[],
+            finished=i == len(ids) - 1,
+        )
+        if delta is not None:
+            streamed_reasoning += delta.reasoning or ""
+            streamed_calls += [tc.function.name for tc in delta.tool_calls]
+    assert streamed_reasoning == "hmm"
+    assert streamed_calls == ["get_weather"]
+    for marker in (SEC, CALL, ARG, END):
+        assert marker not in (content or "")
+
+
+def test_stock_reasoning_parser_leaks_bare_call_into_reasoning(tinykimi) -> None:
+    """The gap kimi_k2_robust's reasoning parser closes (vLLM 0.32)."""
+    from vllm.parser.parser_manager import ParserManager
+    from vllm.tokenizers import get_tokenizer
+
+    register()
+    tok = get_tokenizer(str(tinykimi))
+    cls = ParserManager.get_parser(
+        tool_parser_name="kimi_k2_robust",
+        reasoning_parser_name="kimi_k2",
+        enable_auto_tools=True,
+        tokenizer=tok,
+    )
+    request = _request()
+    text = "<think>hmm" + CALL + "functions.get_weather:0" + ARG + "{}" + END
+    reasoning, _, calls = cls(tok, request.tools).parse(
+        text, request, enable_auto_tools=True
+    )
+    assert CALL in reasoning and not calls

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""``kimi_k2_robust`` reasoning parser: vLLM's Kimi K2 reasoning parser, plus
+a bare tool call as an implicit end of thinking.
+
+Kimi K2-Thinking sometimes starts a call inside its thinking, and sometimes
+without the section wrapper::
+
+    <think>I need the weather<|tool_call_begin|>functions.get_weather:0
+    <|tool_call_argument_begin|>{"city": "Tokyo"}<|tool_call_end|>
+
+vLLM's ``kimi_k2`` reasoning parser ends thinking only at ``</think>`` or
+``<|tool_calls_section_begin|>``, so this call stays in ``reasoning_content``
+with its markup. Here ``<|tool_call_begin|>`` ends thinking too, and the call
+reaches the tool parser. Use with::
+
+    --reasoning-parser kimi_k2_robust --tool-call-parser kimi_k2_robust
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from vllm_kimi_tools._compat import (
+    EventType,
+    KimiK2Parser,
+    ParserState,
+    Transition,
+    kimi_k2_config,
+    make_adapters,
+)
+from vllm_kimi_tools.tokens import TOOL_CALL_BEGIN
+
+
+@functools.cache
+def robust_config(thinking: bool) -> Any:
+    config = kimi_k2_config(thinking=thinking)
+    if not thinking:
+        return config
+    transitions = dict(config.transitions)
+    transitions[(ParserState.REASONING, "TOOL_START")] = Transition(
+        ParserState.TOOL_NAME,
+        (EventType.REASONING_END, EventType.TOOL_CALL_START),
+    )
+    return dataclasses.replace(config, name="kimi_k2_robust", transitions=transitions)
+
+
+class KimiK2RobustParser(KimiK2Parser):
+    """Kimi K2 engine parser whose thinking also ends at a bare tool call."""
+
+    def __init__(self, tokenizer: Any, tools: Any = None, **kwargs: Any) -> None:
+        chat_kwargs = kwargs.get("chat_template_kwargs", {}) or {}
+        thinking = chat_kwargs.get("thinking")
+        enable_thinking = chat_kwargs.get("enable_thinking")
+        enabled = (
+            True
+            if thinking is None and enable_thinking is None
+            else bool(thinking) or bool(enable_thinking)
+        )
+        kwargs.setdefault("parser_engine_config", robust_config(enabled))
+        super().__init__(tokenizer, tools, **kwargs)
+        self._tool_call_start_token_id = self.vocab.get(TOOL_CALL_BEGIN)
+
+    def extract_content_ids(self, input_ids: list[int]) -> list[int]:
+        content = super().extract_content_ids(input_ids)
+        if content or not self.thinking_enabled:
+            return content
+        start = self._tool_call_start_token_id
+        if start is not None and start in input_ids:
+            return input_ids[input_ids.index(start) :]
+        return content
+
+
+KimiK2RobustReasoningParser, _ = make_adapters(KimiK2RobustParser)
