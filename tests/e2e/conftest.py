@@ -18,6 +18,7 @@ def _serve(tinykimi: Path, cache_dir: Path, name: str, parser: str) -> VllmServe
     return VllmServer(
         tinykimi,
         [
+            "--enable-scale-out",  # the /render endpoints
             "--enable-auto-tool-choice",
             "--tool-call-parser",
             parser,

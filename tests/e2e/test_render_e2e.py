@@ -65,3 +65,46 @@ def test_output_ids_continue_normalised_history(robust_server) -> None:
 
 def test_stock_parser_server_renders_unchanged(stock_server) -> None:
     assert _prompt_ids(stock_server, MESSY) != _prompt_ids(stock_server, CANONICAL)
+
+
+def _detokenize(server: VllmServer, ids: list[int]) -> str:
+    status, body = server.post("/detokenize", {"model": "tinykimi", "tokens": ids})
+    assert status == 200, body
+    return body["prompt"]
+
+
+def test_responses_history_is_normalised(robust_server) -> None:
+    body = {
+        "model": "tinykimi",
+        "input": [
+            {"role": "user", "content": "search x"},
+            {
+                "type": "function_call",
+                "call_id": "call_abc",
+                "name": "search",
+                "arguments": '{"q": "x"}',
+            },
+            {"type": "function_call_output", "call_id": "call_abc", "output": "res"},
+        ],
+        "tools": [{"type": "function", **TOOLS[0]["function"]}],
+    }
+    status, rendered = robust_server.post("/v1/responses/render", body)
+    assert status == 200, rendered
+    prompt = _detokenize(robust_server, rendered["token_ids"])
+    assert "<|tool_call_begin|>functions.search:0<|tool_call_argument_begin|>" in prompt
+    assert "## Return of functions.search:0" in prompt
+    assert "call_abc" not in prompt
+    assert prompt.endswith(tokens.GENERATION_PROMPT)
+
+
+def test_chat_render_endpoint_matches_tokenize(robust_server) -> None:
+    status, rendered = robust_server.post(
+        "/v1/chat/completions/render",
+        {
+            "model": "tinykimi",
+            "messages": with_string_arguments(MESSY),
+            "tools": TOOLS,
+        },
+    )
+    assert status == 200, rendered
+    assert rendered["token_ids"] == _prompt_ids(robust_server, CANONICAL)
