@@ -315,3 +315,42 @@ def test_stock_reasoning_parser_leaks_bare_call_into_reasoning(tinykimi) -> None
         text, request, enable_auto_tools=True
     )
     assert CALL in reasoning and not calls
+
+
+def test_parser_refuses_to_start_without_render_hook(monkeypatch, tokenizer) -> None:
+    from vllm.renderers.registry import RENDERER_REGISTRY
+
+    from vllm_kimi_tools.tool_parser import KimiK2RobustToolParser
+
+    register()
+    monkeypatch.setitem(
+        RENDERER_REGISTRY.renderers, "hf", ("vllm.renderers.hf", "HfRenderer")
+    )
+    with pytest.raises(RuntimeError, match="chat-template hook is not installed"):
+        KimiK2RobustToolParser(tokenizer, [])
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
+    KimiK2RobustToolParser(tokenizer, [])  # explicitly switched off: starts
+
+
+def test_thinking_switch_off_reaches_reasoning_parser(tinykimi) -> None:
+    from vllm.parser.parser_manager import ParserManager
+    from vllm.tokenizers import get_tokenizer
+
+    register()
+    tok = get_tokenizer(str(tinykimi))
+    cls = ParserManager.get_parser(
+        tool_parser_name="kimi_k2_robust",
+        reasoning_parser_name="kimi_k2_robust",
+        enable_auto_tools=True,
+        tokenizer=tok,
+    )
+    request = _request(chat_template_kwargs={"thinking": False})
+    parser = cls(tok, request.tools, chat_template_kwargs={"thinking": False})
+    reasoning, content, calls = parser.parse(
+        "Plain answer." + section(call("get_weather:0", {"city": "a"})),
+        request,
+        enable_auto_tools=True,
+    )
+    assert reasoning is None
+    assert content == "Plain answer."
+    assert [c.name for c in calls] == ["get_weather"]
