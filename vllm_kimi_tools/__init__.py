@@ -17,6 +17,11 @@ try:
 except PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0.0.0+unknown"
 
+# The ``--tool-call-parser`` / ``--reasoning-parser`` name: a public API.
+PARSER_NAME = "kimi_k2_robust"
+# What the ``hf`` renderer registry entry points to once the hook is in.
+HOOK_RENDERER = ("vllm_kimi_tools.renderer", "KimiAwareHfRenderer")
+
 _REGISTERED = False
 
 
@@ -32,12 +37,12 @@ def register() -> None:
     from vllm_kimi_tools import _compat
 
     _compat.ToolParserManager.register_lazy_module(
-        name="kimi_k2_robust",
+        name=PARSER_NAME,
         module_path="vllm_kimi_tools.tool_parser",
         class_name="KimiK2RobustToolParser",
     )
     _compat.ReasoningParserManager.register_lazy_module(
-        name="kimi_k2_robust",
+        name=PARSER_NAME,
         module_path="vllm_kimi_tools.reasoning_parser",
         class_name="KimiK2RobustReasoningParser",
     )
@@ -47,7 +52,7 @@ def register() -> None:
     # start (see tool_parser.py); other servers are unaffected.
     reason = _compat.hf_renderer_hookable()
     if reason is None:
-        _compat.install_hf_renderer("vllm_kimi_tools.renderer", "KimiAwareHfRenderer")
+        _compat.install_hf_renderer(*HOOK_RENDERER)
     else:
         _HOOK_PROBLEM.append(reason)
     _REGISTERED = True
@@ -57,4 +62,4 @@ def register() -> None:
 _HOOK_PROBLEM: list[str] = []
 
 
-__all__ = ["__version__", "register"]
+__all__ = ["PARSER_NAME", "__version__", "register"]

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from vllm_kimi_tools import PARSER_NAME
 from vllm_kimi_tools.tokens import (
     IM_END,
     TOOL_CALL_ARGUMENT_BEGIN,
@@ -76,7 +77,7 @@ def _demo(args: argparse.Namespace) -> int:
     serve_args = [
         "--enable-auto-tool-choice",
         "--tool-call-parser",
-        "kimi_k2_robust",
+        PARSER_NAME,
         "--logits-processors",
         PUPPET,
     ]

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from vllm_kimi_tools import PARSER_NAME
 from vllm_kimi_tools._compat import (
     EventType,
     KimiK2Parser,
@@ -44,7 +45,7 @@ def robust_config(thinking: bool) -> Any:
         ParserState.TOOL_NAME,
         (EventType.REASONING_END, EventType.TOOL_CALL_START),
     )
-    return dataclasses.replace(config, name="kimi_k2_robust", transitions=transitions)
+    return dataclasses.replace(config, name=PARSER_NAME, transitions=transitions)
 
 
 class KimiK2RobustParser(KimiK2Parser):

@@ -28,10 +28,10 @@ def _load_renderer(model: Path) -> Any:
     from vllm.renderers.registry import renderer_from_config
     from vllm.tool_parsers import ToolParserManager
 
-    from vllm_kimi_tools import register
+    from vllm_kimi_tools import PARSER_NAME, register
 
     register()
-    ToolParserManager.get_tool_parser("kimi_k2_robust")  # as the server does
+    ToolParserManager.get_tool_parser(PARSER_NAME)  # as the server does
     config = VllmConfig(model_config=ModelConfig(model=str(model)))
     return renderer_from_config(config)
 

@@ -28,13 +28,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vllm_kimi_tools import PARSER_NAME
 from vllm_kimi_tools._compat import HfRenderer, ToolParserManager, init_logger
 from vllm_kimi_tools.conversation import normalize_messages
 from vllm_kimi_tools.tokens import GENERATION_PROMPT, missing_tool_tokens
 
 logger = init_logger(__name__)
 
-PARSER_NAME = "kimi_k2_robust"
 ENV_SWITCH = "VLLM_KIMI_TOOLS_NORMALIZE"
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_kimi_tools import metrics
+from vllm_kimi_tools import PARSER_NAME, metrics
 from vllm_kimi_tools._compat import (
     ChatCompletionRequest,
     DeltaFunctionCall,
@@ -44,8 +44,6 @@ from vllm_kimi_tools.parsing import (
 from vllm_kimi_tools.tokens import missing_tool_tokens
 
 logger = init_logger(__name__)
-
-PARSER_NAME = "kimi_k2_robust"
 
 
 def history_tool_call_count(request: Any) -> int:
@@ -151,14 +149,14 @@ class KimiK2RobustToolParser(ToolParser):
 def _require_render_hook() -> None:
     """Fail at start-up (vLLM builds the parser once to validate it) when the
     chat-template hook is missing, instead of rendering unnormalised prompts."""
-    from vllm_kimi_tools import _HOOK_PROBLEM, register
+    from vllm_kimi_tools import _HOOK_PROBLEM, HOOK_RENDERER, register
     from vllm_kimi_tools._compat import installed_hf_renderer
     from vllm_kimi_tools.renderer import hook_enabled_by_env
 
     register()
     if not hook_enabled_by_env():
         return
-    if installed_hf_renderer() != ("vllm_kimi_tools.renderer", "KimiAwareHfRenderer"):
+    if installed_hf_renderer() != HOOK_RENDERER:
         problem = "; ".join(_HOOK_PROBLEM) or "vLLM's renderer registry changed"
         raise RuntimeError(
             f"{PARSER_NAME}: the chat-template hook is not installed ({problem}). "
