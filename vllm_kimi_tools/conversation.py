@@ -26,16 +26,12 @@ replaced by equal lists.
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_kimi_tools.tool_ids import make_tool_call_id, resolve_tool_call_id
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -112,7 +108,8 @@ def normalize_messages(
 
     for i, message in enumerate(messages):
         _materialize(message)
-        msg = copy.deepcopy(dict(message))
+        # Shallow: every field rewritten below gets a new object.
+        msg = dict(message)
         role = msg.get("role")
         if "content" in msg or role in ("assistant", "tool"):
             content, changed = _flatten(msg.get("content"))
@@ -162,12 +159,6 @@ def normalize_messages(
                 counter += 1
                 names[canonical] = guess
                 report.orphan_results.append(str(original))
-                logger.warning(
-                    "tool result with tool_call_id=%r answers no call in the "
-                    "history; rendered with its own id %s",
-                    original,
-                    canonical,
-                )
             if canonical in unanswered:
                 unanswered.remove(canonical)
             msg["tool_call_id"] = canonical

@@ -53,6 +53,12 @@ def prepare_chat(
 ) -> tuple[list[dict[str, Any]], Any]:
     """Normalised messages, and params that render their content as strings."""
     normalized, report = normalize_messages(messages)
+    if report.orphan_results:
+        logger.warning(
+            "tool results with tool_call_id %s answer no call in the history; "
+            "rendered with ids of their own",
+            report.orphan_results,
+        )
     if report.id_map or report.orphan_results or report.matched_by_order:
         logger.debug(
             "kimi history normalised: ids %s, by order %s, orphans %s",
