@@ -178,8 +178,9 @@ class KimiToolCallParser:
         self._has_args_marker = False
         self._in_string = False
         self._escape = False
-        # Offsets (into the joined args) of markers taken as string content.
-        self._swallowed: list[int] = []
+        # Offset (into the joined args) of the first marker taken as string
+        # content, the fallback cut if the string never closes.
+        self._first_swallowed: int | None = None
         self._args_len = 0
         self._emitted = 0
         self._finished = False
@@ -271,7 +272,8 @@ class KimiToolCallParser:
         if mode is _Mode.CALL_ARGS and self._in_string:
             # A marker inside a JSON string is taken as text; finish() falls
             # back to the first such marker if the string never closes.
-            self._swallowed.append(self._args_len)
+            if self._first_swallowed is None:
+                self._first_swallowed = self._args_len
             self._append_args(marker)
             return
         if marker in _CONTROL:
@@ -315,15 +317,15 @@ class KimiToolCallParser:
         self._has_args_marker = False
         self._in_string = False
         self._escape = False
-        self._swallowed = []
+        self._first_swallowed = None
 
     def _close_at_end(self) -> None:
         if self._mode is _Mode.SECTION:
             self._flush_section_text()
-        elif self._mode is _Mode.CALL_ARGS and self._swallowed:
+        elif self._mode is _Mode.CALL_ARGS and self._first_swallowed is not None:
             # The string never closed: the first swallowed marker was real.
             args = "".join(self._args)
-            cut = self._swallowed[0]
+            cut = self._first_swallowed
             self._start_call_keep_id(args[:cut])
             self._pending = args[cut:]
             self._drain(final=True)
