@@ -21,7 +21,7 @@ from vllm_kimi_tools.renderer import ENV_SWITCH
 _RED, _GREEN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
 
 
-def _load_renderer(model: Path) -> Any:
+def load_renderer(model: Path) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from vllm.config import ModelConfig, VllmConfig
@@ -115,7 +115,7 @@ def run(request_path: str, model: str | None, color: bool | None = None) -> int:
         model_dir = ensure_tinykimi(cache_dir() / "tinykimi")
     else:
         model_dir = Path(model)
-    renderer = _load_renderer(model_dir)
+    renderer = load_renderer(model_dir)
     before = render_request(renderer, request, hook=False)
     after = render_request(renderer, request, hook=True)
     if color is None:

@@ -24,30 +24,18 @@ TEMPLATES = sorted((SHARED / "anchors" / "kimi").glob("*.jinja"))
 
 @pytest.fixture(scope="module")
 def renderer(tinykimi: Path) -> Any:
-    from vllm.config import ModelConfig, VllmConfig
-    from vllm.renderers.registry import renderer_from_config
-    from vllm.tool_parsers import ToolParserManager
+    from vllm_kimi_tools.render_cli import load_renderer
 
-    from vllm_kimi_tools import register
-
-    register()
-    ToolParserManager.get_tool_parser("kimi_k2_robust")  # as a server would
-    config = VllmConfig(model_config=ModelConfig(model=str(tinykimi)))
-    return renderer_from_config(config)
+    return load_renderer(tinykimi)
 
 
-def _render(renderer: Any, template: str, messages: list, **kwargs: Any) -> str:
-    from vllm.renderers.params import ChatParams
+def _render(
+    renderer: Any, template: str, messages: list, *, hook: bool = True, **request
+) -> str:
+    from vllm_kimi_tools.render_cli import render_request
 
-    params = ChatParams(
-        chat_template=template,
-        chat_template_kwargs={"tools": TOOLS, "add_generation_prompt": True, **kwargs},
-    )
-    _, prompt = renderer.render_messages(messages, params)
-    ids = prompt.get("prompt_token_ids")
-    if ids is not None:
-        return renderer.get_tokenizer().decode(ids, skip_special_tokens=False)
-    return prompt["prompt"]
+    body = {"messages": messages, "tools": TOOLS, "chat_template": template}
+    return render_request(renderer, {**body, **request}, hook=hook)
 
 
 @pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
@@ -68,12 +56,11 @@ def test_messy_renders_like_canonical(renderer: Any, path: Path) -> None:
 
 
 @pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
-def test_stock_rendering_differs_without_hook(renderer, monkeypatch) -> None:
+def test_stock_rendering_differs_without_hook(renderer) -> None:
     """The hook is what makes the difference (so the golden test can fail)."""
     template = next(p for p in TEMPLATES if "prefix__llamacpp" in p.name).read_text()
     hooked = _render(renderer, template, MESSY)
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
-    stock = _render(renderer, template, MESSY)
+    stock = _render(renderer, template, MESSY, hook=False)
     assert stock != hooked
     assert "call_9f2c" in stock
 
@@ -130,7 +117,7 @@ def test_render_cli_rejects_non_chat_request(tmp_path, capsys) -> None:
 
 
 @pytest.mark.skipif(not TEMPLATES, reason="../shared/anchors/kimi not available")
-def test_reasoning_content_reaches_thinking_template(renderer, monkeypatch) -> None:
+def test_reasoning_content_reaches_thinking_template(renderer) -> None:
     path = next(p for p in TEMPLATES if "Thinking_HF-official" in p.name)
     messages = [
         {"role": "user", "content": "weather?"},
@@ -150,6 +137,5 @@ def test_reasoning_content_reaches_thinking_template(renderer, monkeypatch) -> N
     ]
     hooked = _render(renderer, path.read_text(), messages)
     assert "<think>I should call get_weather.</think>" in hooked
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
-    stock = _render(renderer, path.read_text(), messages)
+    stock = _render(renderer, path.read_text(), messages, hook=False)
     assert "I should call get_weather." not in stock
