@@ -233,6 +233,23 @@ def test_responses_request_tools_and_history(tokenizer) -> None:
     assert [tc.id for tc in info.tool_calls] == ["functions.get_weather:1"]
 
 
+def _composed(model: Any, reasoning_parser: str) -> tuple[Any, Any]:
+    """The test-bed tokenizer and the Parser vLLM composes for
+    ``--tool-call-parser kimi_k2_robust --reasoning-parser REASONING``."""
+    from vllm.parser.parser_manager import ParserManager
+    from vllm.tokenizers import get_tokenizer
+
+    register()
+    tok = get_tokenizer(str(model))
+    cls = ParserManager.get_parser(
+        tool_parser_name="kimi_k2_robust",
+        reasoning_parser_name=reasoning_parser,
+        enable_auto_tools=True,
+        tokenizer=tok,
+    )
+    return tok, cls
+
+
 THINK_CASES = [
     pytest.param(
         "<think>hmm"
@@ -257,17 +274,7 @@ THINK_CASES = [
 
 @pytest.mark.parametrize("text", THINK_CASES)
 def test_robust_reasoning_parser_keeps_markup_out_of_reasoning(text, tinykimi) -> None:
-    from vllm.parser.parser_manager import ParserManager
-    from vllm.tokenizers import get_tokenizer
-
-    register()
-    tok = get_tokenizer(str(tinykimi))
-    cls = ParserManager.get_parser(
-        tool_parser_name="kimi_k2_robust",
-        reasoning_parser_name="kimi_k2_robust",
-        enable_auto_tools=True,
-        tokenizer=tok,
-    )
+    tok, cls = _composed(tinykimi, "kimi_k2_robust")
     request = _request()
     reasoning, content, calls = cls(tok, request.tools).parse(
         text, request, enable_auto_tools=True
@@ -298,17 +305,7 @@ def test_robust_reasoning_parser_keeps_markup_out_of_reasoning(text, tinykimi) -
 
 def test_stock_reasoning_parser_leaks_bare_call_into_reasoning(tinykimi) -> None:
     """The gap kimi_k2_robust's reasoning parser closes (vLLM 0.32)."""
-    from vllm.parser.parser_manager import ParserManager
-    from vllm.tokenizers import get_tokenizer
-
-    register()
-    tok = get_tokenizer(str(tinykimi))
-    cls = ParserManager.get_parser(
-        tool_parser_name="kimi_k2_robust",
-        reasoning_parser_name="kimi_k2",
-        enable_auto_tools=True,
-        tokenizer=tok,
-    )
+    tok, cls = _composed(tinykimi, "kimi_k2")
     request = _request()
     text = "<think>hmm" + CALL + "functions.get_weather:0" + ARG + "{}" + END
     reasoning, _, calls = cls(tok, request.tools).parse(
@@ -333,17 +330,7 @@ def test_parser_refuses_to_start_without_render_hook(monkeypatch, tokenizer) -> 
 
 
 def test_thinking_switch_off_reaches_reasoning_parser(tinykimi) -> None:
-    from vllm.parser.parser_manager import ParserManager
-    from vllm.tokenizers import get_tokenizer
-
-    register()
-    tok = get_tokenizer(str(tinykimi))
-    cls = ParserManager.get_parser(
-        tool_parser_name="kimi_k2_robust",
-        reasoning_parser_name="kimi_k2_robust",
-        enable_auto_tools=True,
-        tokenizer=tok,
-    )
+    tok, cls = _composed(tinykimi, "kimi_k2_robust")
     request = _request(chat_template_kwargs={"thinking": False})
     parser = cls(tok, request.tools, chat_template_kwargs={"thinking": False})
     reasoning, content, calls = parser.parse(
