@@ -16,7 +16,18 @@ END = tokens.TOOL_CALL_END
 SEC = tokens.TOOL_CALLS_SECTION_BEGIN
 SEC_END = tokens.TOOL_CALLS_SECTION_END
 
-__all__ = ["ARG", "CALL", "END", "SEC", "SEC_END", "TOOLS", "call", "section"]
+__all__ = [
+    "ARG",
+    "CALL",
+    "END",
+    "SEC",
+    "SEC_END",
+    "TOOLS",
+    "WEATHER_TOOL",
+    "call",
+    "openai_tool",
+    "section",
+]
 
 WEATHER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -37,6 +48,14 @@ TOOLS = (
         {"type": "object", "properties": {"p": {"type": "integer"}}, "required": ["p"]},
     ),
 )
+
+
+def openai_tool(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions ``tools`` entry."""
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+WEATHER_TOOL = openai_tool("get_weather", WEATHER_SCHEMA)
 
 
 def call(tool_id: str, args: Any) -> str:

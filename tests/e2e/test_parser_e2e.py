@@ -9,36 +9,33 @@ from typing import Any
 
 import pytest
 
-from tests.kimi_text import ARG, CALL, END, SEC, SEC_END, call, section
+from tests.kimi_text import (
+    ARG,
+    CALL,
+    END,
+    SEC,
+    SEC_END,
+    WEATHER_TOOL,
+    call,
+    openai_tool,
+    section,
+)
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
+    WEATHER_TOOL,
+    openai_tool(
+        "search",
+        {
+            "type": "object",
+            "properties": {"q": {"type": "string"}},
+            "required": ["q"],
+            "additionalProperties": False,
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {"q": {"type": "string"}},
-                "required": ["q"],
-                "additionalProperties": False,
-            },
-        },
-    },
+    ),
 ]
 HISTORY = [
     {"role": "user", "content": "Weather in Oslo?"},

@@ -14,20 +14,17 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tests.kimi_text import ARG, CALL, END, SEC, call, section  # noqa: E402
+from tests.kimi_text import (  # noqa: E402
+    ARG,
+    CALL,
+    END,
+    SEC,
+    WEATHER_TOOL,
+    call,
+    section,
+)
 from vllm_kimi_tools import metrics, register, tokens  # noqa: E402
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 HISTORY = [
     {"role": "user", "content": "weather?"},
     {
@@ -76,7 +73,7 @@ def _request(**kw: Any) -> Any:
         ChatCompletionRequest,
     )
 
-    body = {"model": "m", "messages": HISTORY, "tools": [WEATHER], **kw}
+    body = {"model": "m", "messages": HISTORY, "tools": [WEATHER_TOOL], **kw}
     return ChatCompletionRequest(**body)
 
 
