@@ -16,6 +16,6 @@ case "$cmd" in
     .venv/bin/ruff check vllm_kimi_tools tests benchmarks examples
     .venv/bin/ruff format --check vllm_kimi_tools tests benchmarks examples
     exec "$PY" -m pytest "$@" ;;
-  bench) exec "$PY" benchmarks/bench_parser.py "$@" ;;
+  bench) exec "$PY" benchmarks/bench_parser.py --out benchmarks/results "$@" ;;
   *) echo "unknown command: $cmd (demo|test|bench)" >&2; exit 2 ;;
 esac
