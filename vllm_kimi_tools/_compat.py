@@ -31,6 +31,16 @@ from vllm.reasoning import ReasoningParserManager
 from vllm.renderers.hf import HfRenderer
 from vllm.renderers.registry import RENDERER_REGISTRY
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
+from vllm.v1.sample.logits_processor import BatchUpdate
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+from vllm.v1.worker.gpu.sample.logits_processor import (
+    LogitsContext,
+    LogitsProcRequestState,
+)
+from vllm.v1.worker.gpu.sample.logits_processor import (
+    LogitsProcessor as V2LogitsProcessor,
+)
 
 # The renderer mode vLLM uses for Hugging Face tokenizers (Kimi's included).
 HF_RENDERER_MODE = "hf"
@@ -58,7 +68,24 @@ def installed_hf_renderer() -> tuple[str, str] | None:
     return RENDERER_REGISTRY.renderers.get(HF_RENDERER_MODE)
 
 
+def tokenizer_for(vllm_config):  # -> TokenizerLike | None
+    """The engine's own (cached) tokenizer, or None without one."""
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    model_config = vllm_config.model_config
+    if model_config is None or model_config.skip_tokenizer_init:
+        return None
+    return cached_tokenizer_from_config(model_config)
+
+
 __all__ = [
+    "BatchUpdate",
+    "LogitsContext",
+    "LogitsProcRequestState",
+    "V1LogitsProcessor",
+    "V2LogitsProcessor",
+    "process_dict_updates",
+    "tokenizer_for",
     "ChatCompletionRequest",
     "DeltaFunctionCall",
     "DeltaMessage",

@@ -2,9 +2,17 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Counters for what the plugin did, exported to vLLM's ``/metrics``.
 
-``vllm_kimi_tools:dropped_tool_calls_total{reason="undeclared_tool"}`` counts
-calls the model wrote that were not returned as tool calls. The same counts
-are kept in-process (``dropped_counts()``) for tests and logs.
+* ``vllm_kimi_tools:dropped_tool_calls_total{reason}``: calls the model wrote
+  that were not returned as tool calls (API server).
+* ``vllm_kimi_tools:enforcer_degraded_schemas_total``: tool schemas compiled
+  to a looser grammar than they state (API server).
+* ``vllm_kimi_tools:enforcer_requests_total``, ``..._blocked_tokens_total``
+  (steps where the Enforcer changed the model's first choice),
+  ``..._compile_seconds_total``, ``..._stood_down_total{reason}``: the
+  Enforcer in the engine. They reach ``/metrics`` when the engine runs in the
+  API server's process; the Enforcer also logs them periodically.
+
+The same counts are kept in-process (:func:`counts`) for tests and logs.
 """
 
 from __future__ import annotations
@@ -13,40 +21,75 @@ import threading
 from collections import Counter as _Tally
 from typing import Any
 
-DROPPED_TOOL_CALLS_TOTAL = "vllm_kimi_tools:dropped_tool_calls_total"
+PREFIX = "vllm_kimi_tools:"
+DROPPED_TOOL_CALLS_TOTAL = PREFIX + "dropped_tool_calls_total"
+DEGRADED_SCHEMAS_TOTAL = PREFIX + "enforcer_degraded_schemas_total"
+ENFORCED_REQUESTS_TOTAL = PREFIX + "enforcer_requests_total"
+BLOCKED_TOKENS_TOTAL = PREFIX + "enforcer_blocked_tokens_total"
+COMPILE_SECONDS_TOTAL = PREFIX + "enforcer_compile_seconds_total"
+STOOD_DOWN_TOTAL = PREFIX + "enforcer_stood_down_total"
+
+_HELP = {
+    DROPPED_TOOL_CALLS_TOTAL: (
+        "Tool calls written by the model but not returned, by reason.",
+        ["reason"],
+    ),
+    DEGRADED_SCHEMAS_TOTAL: ("Tool schemas enforced by a looser grammar.", []),
+    ENFORCED_REQUESTS_TOTAL: ("Requests decoded under the Enforcer.", []),
+    BLOCKED_TOKENS_TOTAL: (
+        "Decode steps where the Enforcer changed the model's first choice.",
+        [],
+    ),
+    COMPILE_SECONDS_TOTAL: ("Seconds spent compiling argument grammars.", []),
+    STOOD_DOWN_TOTAL: (
+        "Requests the Enforcer stopped enforcing, by reason.",
+        ["reason"],
+    ),
+}
 
 _lock = threading.Lock()
 _tally: _Tally[str] = _Tally()
-_prom_counter: Any = None
+_prom: dict[str, Any] = {}
 
 
-def _prometheus_counter() -> Any:
-    global _prom_counter
-    if _prom_counter is not None:
-        return _prom_counter
+def _counter(name: str) -> Any:
+    if name in _prom:
+        return _prom[name]
     try:
         from prometheus_client import REGISTRY, Counter
     except ImportError:  # pragma: no cover - prometheus ships with vLLM
         return None
+    doc, labels = _HELP[name]
     try:
-        _prom_counter = Counter(
-            DROPPED_TOOL_CALLS_TOTAL.removesuffix("_total"),
-            "Tool calls written by the model but not returned, by reason.",
-            labelnames=["reason"],
-        )
+        counter = Counter(name.removesuffix("_total"), doc, labelnames=labels)
     except ValueError:  # already registered (plugin loaded twice)
-        _prom_counter = REGISTRY._names_to_collectors[DROPPED_TOOL_CALLS_TOTAL]
-    return _prom_counter
+        counter = REGISTRY._names_to_collectors[name]
+    _prom[name] = counter
+    return counter
+
+
+def inc(name: str, amount: float = 1.0, label: str | None = None) -> None:
+    if amount <= 0:
+        return
+    key = name if label is None else f"{name}{{{label}}}"
+    with _lock:
+        _tally[key] += amount
+    counter = _counter(name)
+    if counter is not None:
+        (counter.labels(label) if label is not None else counter).inc(amount)
 
 
 def record_dropped(reason: str) -> None:
+    inc(DROPPED_TOOL_CALLS_TOTAL, 1, reason)
+
+
+def counts() -> dict[str, float]:
     with _lock:
-        _tally[reason] += 1
-    counter = _prometheus_counter()
-    if counter is not None:
-        counter.labels(reason=reason).inc()
+        return dict(_tally)
 
 
 def dropped_counts() -> dict[str, int]:
-    with _lock:
-        return dict(_tally)
+    prefix = DROPPED_TOOL_CALLS_TOTAL + "{"
+    return {
+        k[len(prefix) : -1]: int(v) for k, v in counts().items() if k.startswith(prefix)
+    }

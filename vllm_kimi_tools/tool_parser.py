@@ -16,6 +16,7 @@ was found, and (c) calls ``finish_streaming`` at the end of a stream.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ from vllm_kimi_tools._compat import (
     init_logger,
 )
 from vllm_kimi_tools.conversation import count_tool_calls
+from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+from vllm_kimi_tools.enforcer.spec import OPT_OUT_KEY, SPEC_KEY, opted_out
 from vllm_kimi_tools.parsing import (
     DroppedToolCall,
     KimiToolCallParser,
@@ -69,6 +72,72 @@ def request_tool_specs(request: Any) -> list[ToolSpec]:
     return specs
 
 
+# Server-wide switch for the Enforcer (on unless "0"/"false"/"off"/"no").
+ENFORCER_ENV = "VLLM_KIMI_TOOLS_ENFORCER"
+
+
+def enforcer_enabled_by_env() -> bool:
+    return not opted_out(os.environ.get(ENFORCER_ENV, "1"))
+
+
+def request_tool_decls(request: Any) -> list[ToolDecl]:
+    """Function tools with their schema and ``strict`` flag."""
+    decls: list[ToolDecl] = []
+    for tool in getattr(request, "tools", None) or []:
+        function = getattr(tool, "function", None)
+        if function is not None:  # Chat Completions
+            decls.append(ToolDecl(function.name, function.parameters, function.strict))
+        elif getattr(tool, "type", None) == "function":  # Responses
+            decls.append(
+                ToolDecl(
+                    tool.name,
+                    getattr(tool, "parameters", None),
+                    getattr(tool, "strict", None),
+                )
+            )
+    return decls
+
+
+def named_tool_choice(request: Any) -> str | None:
+    choice = request.tool_choice
+    function = getattr(choice, "function", None)  # Chat Completions
+    if function is not None:
+        return function.name
+    if getattr(choice, "type", None) == "function":  # Responses
+        return getattr(choice, "name", None)
+    return None
+
+
+def wants_enforcer(request: Any) -> bool:
+    """Whether the Enforcer constrains this request (see docs/enforcer.md)."""
+    if not enforcer_enabled_by_env() or not request_tool_decls(request):
+        return False
+    if request.tool_choice == "none":
+        return False
+    xargs = getattr(request, "vllm_xargs", None) or {}
+    return not opted_out(xargs.get(OPT_OUT_KEY))
+
+
+def attach_enforcer_spec(request: Any) -> None:
+    """Put the request's Enforcer spec in ``vllm_xargs`` (in place).
+
+    Raises ``ValueError`` (HTTP 400) for tools no call could satisfy.
+    """
+    named = named_tool_choice(request)
+    choice = request.tool_choice if isinstance(request.tool_choice, str) else "auto"
+    spec, notes = build_spec(
+        request_tool_decls(request),
+        first_index=history_tool_call_count(request),
+        choice="auto" if named else choice,
+        named=named,
+        parallel=request.parallel_tool_calls is not False,
+    )
+    for note in notes:
+        metrics.inc(metrics.DEGRADED_SCHEMAS_TOTAL)
+        logger.warning("%s Enforcer: %s", PARSER_NAME, note)
+    request.vllm_xargs = {**(request.vllm_xargs or {}), SPEC_KEY: spec.to_json()}
+
+
 class KimiK2RobustToolParser(ToolParser):
     """Kimi K2 tool parser that never loses a valid call or leaks markup."""
 
@@ -95,7 +164,17 @@ class KimiK2RobustToolParser(ToolParser):
         # The tool markers must reach the parser as text.
         if request.tools and request.tool_choice != "none":
             request.skip_special_tokens = False
+        # vLLM's caller keeps its own reference: change the request in place.
+        if wants_enforcer(request):
+            attach_enforcer_spec(request)
         return request
+
+    def get_structural_tag(self, request: Any, **kwargs: Any) -> Any:
+        # With the Enforcer on, vLLM's own (looser) structural tag stays off:
+        # two grammars on one request could leave no token to sample.
+        if wants_enforcer(request):
+            return None
+        return super().get_structural_tag(request, **kwargs)
 
     # -- non-streaming -----------------------------------------------------
 

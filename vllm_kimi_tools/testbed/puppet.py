@@ -13,9 +13,18 @@ A request opts in through ``vllm_xargs`` (``SamplingParams.extra_args``)::
 
 At step ``n`` the row's logits become ``-inf`` except the script's ``n``-th
 token. Modes: ``override`` forces the token even if an earlier mask (vLLM's
-grammar bitmask runs first) banned it; ``respect`` forces it only where it is
-still allowed and otherwise leaves the row as the earlier stages made it.
-Past the script's end the row is left alone. Load it with
+grammar bitmask, the Enforcer) banned it; ``respect`` forces it only where it
+is still allowed and otherwise leaves the row as the earlier stages made it.
+
+``intend`` behaves like a model with an intention (the script) that respects
+earlier masks: it writes its next scripted token when allowed; when blocked it
+skips ahead to the first scripted token (within 16) that is allowed now; else
+it writes the best allowed of its ``puppet_closers`` (e.g. ``"``, ``}``,
+``<|tool_call_end|>``, ``<|im_end|>``: what a model says to wrap up); else the
+model's own best allowed token. It always finishes, so what is measured is
+the masks, not a random model.
+Past the script's end the row is left alone (``intend``: closers, then the
+model). Load it with
 ``--logits-processors vllm_kimi_tools.testbed.puppet:PuppetLogitsProcessor``;
 it is deliberately not an entry point.
 """
@@ -38,7 +47,9 @@ if TYPE_CHECKING:
 
 SCRIPT_KEY = "puppet_script"
 MODE_KEY = "puppet_mode"
-MODES = ("override", "respect")
+CLOSERS_KEY = "puppet_closers"
+MODES = ("override", "respect", "intend")
+LOOKAHEAD = 16
 
 
 @dataclass(slots=True)
@@ -46,14 +57,23 @@ class _Row:
     script: list[int]
     mode: str
     output: list[int]  # live reference to the request's output token ids
+    closers: list[int]
+    cursor: int = 0  # intend: next scripted token
+    next_cursor: int = 0  # ... once the token chosen at ``chosen_at`` is out
+    chosen_at: int = -1
 
 
-def _script(params: SamplingParams) -> tuple[list[int], str] | None:
+def _row(params: SamplingParams, output: list[int]) -> _Row | None:
     extra = params.extra_args or {}
     script = extra.get(SCRIPT_KEY)
     if script is None:
         return None
-    return [int(t) for t in script], str(extra.get(MODE_KEY, "override"))
+    return _Row(
+        [int(t) for t in script],
+        str(extra.get(MODE_KEY, "override")),
+        output,
+        [int(t) for t in extra.get(CLOSERS_KEY) or []],
+    )
 
 
 class PuppetLogitsProcessor(LogitsProcessor):
@@ -77,6 +97,11 @@ class PuppetLogitsProcessor(LogitsProcessor):
             raise ValueError(f"{SCRIPT_KEY} must be a list of token ids")
         if extra.get(MODE_KEY, "override") not in MODES:
             raise ValueError(f"{MODE_KEY} must be one of {MODES}")
+        closers = extra.get(CLOSERS_KEY) or []
+        if not isinstance(closers, list) or not all(
+            isinstance(t, int) for t in closers
+        ):
+            raise ValueError(f"{CLOSERS_KEY} must be a list of token ids")
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -87,11 +112,11 @@ class PuppetLogitsProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self._rows.pop(index, None)
         for index, params, _prompt, output in batch_update.added:
-            parsed = _script(params)
-            if parsed is None:
+            row = _row(params, output)
+            if row is None:
                 self._rows.pop(index, None)
             else:
-                self._rows[index] = _Row(parsed[0], parsed[1], output)
+                self._rows[index] = row
         for a, b, direction in batch_update.moved:
             row_a = self._rows.pop(a, None)
             row_b = self._rows.pop(b, None)
@@ -102,6 +127,9 @@ class PuppetLogitsProcessor(LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self._rows.items():
+            if row.mode == "intend":
+                self._intend(logits, index, row)
+                continue
             step = len(row.output)
             if step >= len(row.script):
                 continue
@@ -114,3 +142,30 @@ class PuppetLogitsProcessor(LogitsProcessor):
             logits[index].fill_(float("-inf"))
             logits[index, token] = 0.0 if row.mode == "override" else kept
         return logits
+
+    def _intend(self, logits: torch.Tensor, index: int, row: _Row) -> None:
+        if len(row.output) > row.chosen_at >= 0:
+            row.cursor = row.next_cursor
+        row.chosen_at = len(row.output)
+        allowed = ~torch.isneginf(logits[index])
+        vocab = logits.shape[1]
+
+        def ok(token: int) -> bool:
+            return 0 <= token < vocab and bool(allowed[token])
+
+        choice = None
+        for ahead in range(min(LOOKAHEAD, len(row.script) - row.cursor)):
+            if ok(row.script[row.cursor + ahead]):
+                choice = row.script[row.cursor + ahead]
+                row.next_cursor = row.cursor + ahead + 1
+                break
+        if choice is None:
+            closers = [t for t in row.closers if ok(t)]
+            if closers:
+                choice = max(closers, key=lambda t: float(logits[index, t]))
+            row.next_cursor = row.cursor
+        if choice is None:
+            return  # the model's own choice among what is allowed
+        kept = logits[index, choice].clone()
+        logits[index].fill_(float("-inf"))
+        logits[index, choice] = kept

@@ -1,0 +1,184 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Per-tool argument grammars: compiled with xgrammar, off the decode path.
+
+One grammar per *tool schema* (not per tool set): a request's tools are
+queued for compilation when it is admitted, on a background thread, and each
+compiled grammar is cached, so another request with an overlapping tool set
+pays nothing. xgrammar releases the GIL while it compiles, so decoding goes
+on. The cache is bounded (``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import xgrammar as xgr
+
+from vllm_kimi_tools.enforcer.schemas import ANY_OBJECT
+from vllm_kimi_tools.enforcer.vocab import TokenTable
+
+ANY_OBJECT_KEY = '{"type":"object"}'
+CACHE_MB_ENV = "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB"
+# Longest whitespace run between JSON tokens: stops a model that keeps
+# writing blanks where the grammar allows them, never stops indentation.
+MAX_WHITESPACE = 20
+
+
+@dataclass
+class CompileStats:
+    compiles: int = 0
+    compile_seconds: float = 0.0
+    cache_hits: int = 0
+    failures: int = 0
+    waits: int = 0
+    wait_seconds: float = 0.0
+
+
+class GrammarStore:
+    """Compiles and caches argument grammars for one tokenizer."""
+
+    def __init__(
+        self,
+        table: TokenTable,
+        tokenizer_info: xgr.TokenizerInfo,
+        *,
+        cache_bytes: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if cache_bytes is None:
+            cache_bytes = int(os.environ.get(CACHE_MB_ENV, "512")) * (1 << 20)
+        threads = threads or max(1, min(8, (os.cpu_count() or 2) // 2))
+        self.table = table
+        self._compiler = xgr.GrammarCompiler(
+            tokenizer_info,
+            max_threads=threads,
+            cache_enabled=True,
+            cache_limit_bytes=cache_bytes,
+        )
+        self._budget = cache_bytes
+        self._lock = threading.Lock()
+        self._ready: OrderedDict[str, xgr.CompiledGrammar] = OrderedDict()
+        self._ready_bytes = 0
+        self._pending: dict[str, Future[xgr.CompiledGrammar]] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kimi-enforcer-compile")
+        self.stats = CompileStats()
+        self.failed: dict[str, str] = {}
+        self.any_object = self._compile(ANY_OBJECT_KEY)
+
+    @classmethod
+    def for_hf_tokenizer(
+        cls, tokenizer: Any, vocab_size: int, **kw: Any
+    ) -> GrammarStore:
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        vocab = tokenizer.get_vocab()
+        specials = set(getattr(tokenizer, "all_special_ids", ()) or ())
+        specials.update(tokenizer.get_added_vocab().values())
+        token_bytes = [
+            b.encode() if isinstance(b, str) else b for b in info.decoded_vocab
+        ]
+        token_bytes += [b""] * (vocab_size - len(token_bytes))
+        table = TokenTable.build(token_bytes[:vocab_size], vocab, specials)
+        return cls(table, info, **kw)
+
+    # -- compile -----------------------------------------------------------
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Queue compilation of grammars not compiled or queued yet."""
+        with self._lock:
+            for key in keys:
+                if key in self._ready or key in self._pending or key in self.failed:
+                    continue
+                self._pending[key] = self._pool.submit(self._compile_and_store, key)
+
+    def ready(self, key: str) -> bool:
+        with self._lock:
+            return key in self._ready or key in self.failed
+
+    def get(self, key: str) -> xgr.CompiledGrammar:
+        """The compiled grammar, compiling now if it is not ready yet.
+
+        Falls back to "any JSON object" for a schema xgrammar cannot compile
+        (already reported by :meth:`prefetch`'s worker).
+        """
+        with self._lock:
+            grammar = self._ready.get(key)
+            if grammar is not None:
+                self._ready.move_to_end(key)
+                self.stats.cache_hits += 1
+                return grammar
+            if key in self.failed:
+                return self.any_object
+            future = self._pending.get(key)
+        start = time.perf_counter()
+        if future is not None and (future.running() or future.done()):
+            try:
+                grammar = future.result()
+            except Exception:
+                grammar = self.any_object
+        else:
+            # Not started (queued behind others): compile just this one here.
+            grammar = self._compile_and_store(key)
+        with self._lock:
+            self.stats.waits += 1
+            self.stats.wait_seconds += time.perf_counter() - start
+        return grammar
+
+    def _compile_and_store(self, key: str) -> xgr.CompiledGrammar:
+        with self._lock:
+            grammar = self._ready.get(key)
+        if grammar is not None:
+            return grammar
+        try:
+            grammar = self._compile(key)
+        except Exception as e:  # xgrammar rejects some schemas (e.g. `false`)
+            with self._lock:
+                self.failed[key] = str(e)
+                self.stats.failures += 1
+                self._pending.pop(key, None)
+            return self.any_object
+        with self._lock:
+            if key not in self._ready:
+                self._ready[key] = grammar
+                self._ready_bytes += grammar.memory_size_bytes
+            while self._ready_bytes > self._budget and len(self._ready) > 1:
+                _, old = self._ready.popitem(last=False)
+                self._ready_bytes -= old.memory_size_bytes
+            self._pending.pop(key, None)
+        return grammar
+
+    def _compile(self, key: str) -> xgr.CompiledGrammar:
+        start = time.perf_counter()
+        grammar = self._compiler.compile_json_schema(
+            key,
+            any_whitespace=True,
+            strict_mode=True,
+            max_whitespace_cnt=MAX_WHITESPACE,
+        )
+        with self._lock:
+            self.stats.compiles += 1
+            self.stats.compile_seconds += time.perf_counter() - start
+        return grammar
+
+    def matcher(self, key: str) -> xgr.GrammarMatcher:
+        """A matcher for one call's arguments, ended by ``<|tool_call_end|>``."""
+        return xgr.GrammarMatcher(
+            self.get(key), override_stop_tokens=[self.table.markers.call_end]
+        )
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return self._ready_bytes
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["ANY_OBJECT", "CompileStats", "GrammarStore"]

@@ -1,0 +1,259 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The Enforcer for one request: which tokens may come next.
+
+It follows the Kimi K2 wire format token by token::
+
+    TEXT ──<|tool_calls_section_begin|>──▶ SECTION ──<|tool_call_begin|>──▶ HEADER
+     ▲ │                                                                     │
+     │ └─<think>…</think> (THINK)        functions.NAME:IDX (declared NAME,  │
+     │                                   IDX = first_index + calls so far)  ▼
+    AFTER ◀──<|tool_calls_section_end|>── BETWEEN ◀──<|tool_call_end|>── ARGS (JSON
+     │                                     │   ▲                          per schema)
+     ▼ <|im_end|>                          └───┘ <|tool_call_begin|> (parallel)
+
+* TEXT/THINK: anything but tool markup outside its place (free text costs
+  nothing: a handful of banned ids, no grammar).
+* SECTION/BETWEEN/HEADER/AFTER: an explicit short list of allowed ids.
+* ARGS: the tool's xgrammar JSON grammar, with every special token cleared
+  (so no marker is ever written inside a string) except ``<|tool_call_end|>``
+  once the object is complete, and string length bounds (:mod:`.lengths`).
+
+``tool_choice="required"`` / named: the section must open right away (after
+an optional ``<think>…</think>``); named and ``parallel_tool_calls=false``
+allow one call.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vllm_kimi_tools.enforcer.lengths import JsonCursor, string_bounds
+from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec
+
+if TYPE_CHECKING:
+    import xgrammar as xgr
+
+    from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+
+class Phase(enum.Enum):
+    TEXT = "text"
+    THINK = "think"
+    SECTION = "section"
+    HEADER = "header"
+    ARGS = "args"
+    BETWEEN = "between"
+    AFTER = "after"
+    OFF = "off"  # gave up on this request (see ``off_reason``)
+
+
+@dataclass(frozen=True)
+class Ban:
+    """Everything allowed except these ids."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Only:
+    """Only these ids allowed."""
+
+    ids: tuple[int, ...]
+
+
+class Fill:
+    """The row's bitmask was filled; apply it."""
+
+
+FILLED = Fill()
+Directive = Ban | Only | Fill | None
+
+
+class RequestEnforcer:
+    """Token-level state machine for one request (pure: no vLLM, no torch)."""
+
+    def __init__(
+        self,
+        spec: EnforcerSpec,
+        grammars: GrammarStore,
+        *,
+        thinking: bool = False,
+    ) -> None:
+        self.spec = spec
+        self._store = grammars
+        self._table = grammars.table
+        m = self._table.markers
+        self._m = m
+        self._by_name = {tool.name: tool for tool in spec.tools}
+        self.calls = 0
+        self.tokens = 0
+        self.blocked_steps = 0
+        self.off_reason: str | None = None
+        self._forced = spec.choice != AUTO
+        self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
+        self.phase = Phase.THINK if thinking else Phase.TEXT
+        self._header = b""
+        self._tool: str | None = None
+        self._matcher: xgr.GrammarMatcher | None = None
+        self._cursor: JsonCursor | None = None
+        grammars.prefetch(tool.grammar for tool in spec.tools)
+        markup = m.tool_markup()
+        think = tuple(i for i in (m.think_begin, m.think_end) if i is not None)
+        self._ban_text = Ban(markup + think)
+        self._ban_text_first = Ban(markup + tuple(i for i in (m.think_end,) if i))
+        self._ban_think = Ban(markup + tuple(i for i in (m.think_begin,) if i))
+
+    # -- what may come next ------------------------------------------------
+
+    def directive(self, bitmask_row: np.ndarray | None = None) -> Directive:
+        """What to do to this request's logits row before sampling.
+
+        ``bitmask_row`` (int32 words, all ones) is filled for ARGS.
+        """
+        m, phase = self._m, self.phase
+        if phase is Phase.TEXT:
+            if self._forced:
+                first = (m.think_begin,) if self.tokens == 0 and m.think_begin else ()
+                return Only((m.section_begin, *first))
+            return self._ban_text_first if self.tokens == 0 else self._ban_text
+        if phase is Phase.THINK:
+            return self._ban_think
+        if phase is Phase.SECTION:
+            return Only((m.call_begin,))
+        if phase is Phase.BETWEEN:
+            if self._max_calls is not None and self.calls >= self._max_calls:
+                return Only((m.section_end,))
+            return Only((m.section_end, m.call_begin))
+        if phase is Phase.AFTER:
+            return Only(m.stops)
+        if phase is Phase.HEADER:
+            targets = self._header_targets()
+            allowed = self._table.continuations(self._header, targets)
+            if self._header in targets:
+                allowed.append(m.argument_begin)
+            return Only(tuple(allowed))
+        if phase is Phase.ARGS:
+            assert bitmask_row is not None, "ARGS needs a bitmask row"
+            self._args_mask(bitmask_row)
+            return FILLED
+        return None
+
+    def _header_targets(self) -> list[bytes]:
+        idx = self.spec.first_index + self.calls
+        return [f"functions.{name}:{idx}".encode() for name in self._by_name]
+
+    def _args_mask(self, row: np.ndarray) -> None:
+        matcher = self._ensure_matcher()
+        row[:] = -1
+        matcher.fill_next_token_bitmask(_as_torch(row))
+        row &= self._table.special_clear_words
+        cursor = self._cursor
+        tool = self._by_name[self._tool] if self._tool else None
+        if cursor is not None and tool and tool.lengths and cursor.in_value_string:
+            bounds = string_bounds(tool.lengths, cursor.path())
+            if bounds is not None:
+                row &= self._table.lengths.words(cursor.chars, bounds)
+
+    def _ensure_matcher(self) -> xgr.GrammarMatcher:
+        if self._matcher is None:
+            assert self._tool is not None
+            self._matcher = self._store.matcher(self._by_name[self._tool].grammar)
+            self._cursor = JsonCursor()
+        return self._matcher
+
+    # -- what came -----------------------------------------------------------
+
+    def accept(self, token: int) -> bool:
+        """Advance on a sampled token. False (and OFF) if it was not allowed."""
+        if self.phase is Phase.OFF:
+            return True
+        ok = self._advance(token)
+        self.tokens += 1
+        if not ok:
+            self.stop(f"token {token} not allowed in phase {self.phase.value}")
+        return ok
+
+    def stop(self, reason: str) -> None:
+        self.phase = Phase.OFF
+        self.off_reason = reason
+        self._matcher = None
+
+    def _advance(self, token: int) -> bool:
+        m, phase = self._m, self.phase
+        if phase in (Phase.TEXT, Phase.THINK):
+            directive = self.directive()
+            if isinstance(directive, Ban) and token in directive.ids:
+                return False
+            if isinstance(directive, Only) and token not in directive.ids:
+                return False
+            if token == m.section_begin:
+                self.phase = Phase.SECTION
+            elif token == m.think_begin:
+                self.phase = Phase.THINK
+            elif token == m.think_end:
+                self.phase = Phase.TEXT
+            return True
+        if phase is Phase.SECTION:
+            self.phase = Phase.HEADER
+            self._header = b""
+            return token == m.call_begin
+        if phase is Phase.BETWEEN:
+            directive = self.directive()
+            assert isinstance(directive, Only)
+            if token not in directive.ids:
+                return False
+            self.phase = Phase.HEADER if token == m.call_begin else Phase.AFTER
+            self._header = b""
+            return True
+        if phase is Phase.AFTER:
+            return token in m.stops
+        if phase is Phase.HEADER:
+            targets = self._header_targets()
+            if token == m.argument_begin:
+                if self._header not in targets:
+                    return False
+                name = (
+                    self._header.decode().removeprefix("functions.").rpartition(":")[0]
+                )
+                self._tool = name
+                self._matcher = None
+                self.phase = Phase.ARGS
+                return True
+            data = (
+                self._table.token_bytes[token]
+                if token < self._table.vocab_size
+                else b""
+            )
+            grown = self._header + data
+            if not data or token in self._table.special_ids:
+                return False
+            if not any(t.startswith(grown) for t in targets):
+                return False
+            self._header = grown
+            return True
+        if phase is Phase.ARGS:
+            matcher = self._ensure_matcher()
+            if not matcher.accept_token(token):
+                return False
+            if token == m.call_end:
+                self.calls += 1
+                self.phase = Phase.BETWEEN
+                self._matcher = None
+                self._cursor = None
+                self._tool = None
+            else:
+                assert self._cursor is not None
+                self._cursor.feed(self._table.token_bytes[token])
+            return True
+        return True
+
+
+def _as_torch(row: np.ndarray):  # -> torch.Tensor
+    import torch
+
+    return torch.from_numpy(row).unsqueeze(0)

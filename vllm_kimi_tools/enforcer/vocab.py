@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The token facts the Enforcer needs, computed once per vocabulary.
+
+* the ids of Kimi's markers (``<|tool_call_begin|>`` is one token, 163597);
+* which ids are special (added tokens: markers, chat and reserved tokens);
+  inside tool arguments none of them may be written;
+* every token's bytes, to offer exactly the tokens that continue
+  ``functions.NAME:IDX`` in a call header.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vllm_kimi_tools import tokens as kt
+from vllm_kimi_tools.enforcer.lengths import LengthMasks
+
+
+@dataclass(frozen=True)
+class Markers:
+    section_begin: int
+    section_end: int
+    call_begin: int
+    argument_begin: int
+    call_end: int
+    think_begin: int | None
+    think_end: int | None
+    stops: tuple[int, ...]
+
+    @classmethod
+    def from_vocab(cls, vocab: Mapping[str, int]) -> Markers:
+        missing = kt.missing_tool_tokens(vocab)
+        if missing:
+            raise ValueError(f"not a Kimi vocabulary; missing {', '.join(missing)}")
+        stops = tuple(vocab[t] for t in (kt.IM_END, "[EOS]") if t in vocab)
+        return cls(
+            section_begin=vocab[kt.TOOL_CALLS_SECTION_BEGIN],
+            section_end=vocab[kt.TOOL_CALLS_SECTION_END],
+            call_begin=vocab[kt.TOOL_CALL_BEGIN],
+            argument_begin=vocab[kt.TOOL_CALL_ARGUMENT_BEGIN],
+            call_end=vocab[kt.TOOL_CALL_END],
+            think_begin=vocab.get(kt.THINK_BEGIN),
+            think_end=vocab.get(kt.THINK_END),
+            stops=stops,
+        )
+
+    def tool_markup(self) -> tuple[int, ...]:
+        """Markers that may only appear inside a tool-call section."""
+        return (self.call_begin, self.argument_begin, self.call_end, self.section_end)
+
+
+@dataclass
+class TokenTable:
+    token_bytes: Sequence[bytes]
+    markers: Markers
+    special_ids: frozenset[int]
+    _by_bytes: dict[bytes, list[int]] = field(init=False, repr=False)
+    _special_clear: np.ndarray = field(init=False, repr=False)
+    _lengths: LengthMasks | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_bytes: dict[bytes, list[int]] = defaultdict(list)
+        for i, data in enumerate(self.token_bytes):
+            if data and i not in self.special_ids:
+                by_bytes[data].append(i)
+        self._by_bytes = dict(by_bytes)
+        self.max_token_bytes = max((len(b) for b in self._by_bytes), default=1)
+        # AND-mask words that clear every special id but <|tool_call_end|>.
+        n_words = (self.vocab_size + 31) // 32
+        bits = np.ones(n_words * 32, dtype=bool)
+        bits[list(self.special_ids - {self.markers.call_end})] = False
+        self._special_clear = np.packbits(bits, bitorder="little").view(np.int32)
+
+    @classmethod
+    def build(
+        cls,
+        token_bytes: Sequence[bytes],
+        vocab: Mapping[str, int],
+        special_ids: Collection[int],
+    ) -> TokenTable:
+        markers = Markers.from_vocab(vocab)
+        specials = set(special_ids)
+        specials.update(
+            getattr(markers, name)
+            for name in ("section_begin", "section_end", "call_begin")
+        )
+        specials.update((markers.argument_begin, markers.call_end, *markers.stops))
+        specials.update(i for i in (markers.think_begin, markers.think_end) if i)
+        return cls(list(token_bytes), markers, frozenset(specials))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_bytes)
+
+    @property
+    def special_clear_words(self) -> np.ndarray:
+        return self._special_clear
+
+    @property
+    def lengths(self) -> LengthMasks:
+        if self._lengths is None:
+            self._lengths = LengthMasks(self.token_bytes)
+        return self._lengths
+
+    def continuations(self, written: bytes, targets: Sequence[bytes]) -> list[int]:
+        """Non-special tokens that extend ``written`` towards some target."""
+        out: set[int] = set()
+        seen: set[bytes] = set()
+        for target in targets:
+            if not target.startswith(written) or len(target) == len(written):
+                continue
+            rest = target[len(written) :]
+            for end in range(1, min(len(rest), self.max_token_bytes) + 1):
+                piece = rest[:end]
+                if piece in seen:
+                    continue
+                seen.add(piece)
+                out.update(self._by_bytes.get(piece, ()))
+        return sorted(out)

@@ -1,0 +1,405 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The Enforcer as a vLLM logits processor (V1 runner and Model Runner V2).
+
+Installed through the ``vllm.logits_processors`` entry point, so vLLM loads it
+for every model; it does nothing for a request unless the ``kimi_k2_robust``
+parser attached an :class:`~.enforcer.spec.EnforcerSpec` to it
+(``SamplingParams.extra_args["kimi_tools_enforcer"]``), which it only does for
+Kimi tokenizers. One class serves both runner interfaces, because each runner
+checks ``issubclass`` against its own base class and refuses the other's:
+
+* V1 (``update_state(BatchUpdate)`` + ``apply(logits)``): reads the live
+  ``output_tok_ids`` list of each request;
+* Model Runner V2 (``add_request(slot, params)`` + ``apply(logits, ctx)``):
+  reads the newest token from ``ctx.input_ids`` and, after a preemption, the
+  history from ``req_states.all_token_ids``.
+
+Per step and per enforced row it applies one of three masks on the logits'
+own device: ban a few ids (free text), keep a few ids (markers, call
+header), or an xgrammar bitmask (arguments; xgrammar's CUDA/Triton kernel on
+GPU, its C++ kernel on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vllm_kimi_tools import metrics
+from vllm_kimi_tools._compat import (
+    BatchUpdate,
+    LogitsContext,
+    LogitsProcRequestState,
+    V1LogitsProcessor,
+    V2LogitsProcessor,
+    init_logger,
+    process_dict_updates,
+    tokenizer_for,
+)
+from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, Phase, RequestEnforcer
+from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
+
+logger = init_logger(__name__)
+
+LOG_INTERVAL_S = 10.0
+
+
+def spec_of(params: Any) -> EnforcerSpec | None:
+    """The request's Enforcer spec (None: not enforced). Raises ValueError."""
+    extra = getattr(params, "extra_args", None) or {}
+    text = extra.get(SPEC_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"{SPEC_KEY} must be a string")
+    return EnforcerSpec.from_json(text)
+
+
+def _constrained_elsewhere(params: Any) -> bool:
+    """Other masks on this request could leave nothing for ours to allow."""
+    return bool(
+        getattr(params, "structured_outputs", None) is not None
+        or getattr(params, "allowed_token_ids", None)
+        or getattr(params, "bad_words", None)
+        or getattr(params, "logit_bias", None)
+        or (getattr(params, "min_tokens", 0) or 0) > 0
+    )
+
+
+@dataclass
+class _Request:
+    spec: EnforcerSpec
+    guarded: bool
+    thinking: bool = False
+    enforcer: RequestEnforcer | None = None
+    output: list[int] | None = None  # V1: the runner's live list
+    consumed: int = 0
+    replay: bool = True  # V2: history not read yet
+    counted: bool = field(default=False)
+
+
+class _StoreLoader:
+    """Builds the vocabulary tables and grammar compiler off the decode path."""
+
+    def __init__(self, vllm_config: Any) -> None:
+        self.store: Any = None
+        self.problem: str | None = None
+        self._done = threading.Event()
+        self._vllm_config = vllm_config
+        threading.Thread(
+            target=self._build, name="kimi-enforcer-init", daemon=True
+        ).start()
+
+    def _build(self) -> None:
+        try:
+            tokenizer = tokenizer_for(self._vllm_config)
+            if tokenizer is None:
+                self.problem = "no tokenizer"
+                return
+            from vllm_kimi_tools.tokens import missing_tool_tokens
+
+            if missing_tool_tokens(tokenizer.get_vocab()):
+                self.problem = "not a Kimi tokenizer"
+                return
+            from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+            vocab_size = self._vllm_config.model_config.get_vocab_size()
+            store = GrammarStore.for_hf_tokenizer(tokenizer, vocab_size)
+            store.table.lengths  # noqa: B018 - build the length tables now
+            self.store = store
+        except Exception as e:  # never take the engine down
+            self.problem = f"{type(e).__name__}: {e}"
+            logger.exception("Kimi tool Enforcer disabled: could not initialise")
+        finally:
+            self._done.set()
+
+    def get(self) -> Any:
+        self._done.wait()
+        return self.store
+
+
+class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
+    """Constrains Kimi K2 tool calls to the request's declared tools."""
+
+    def __init__(self, vllm_config: Any, *args: Any) -> None:
+        # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states)
+        self._v2_states: LogitsProcRequestState | None = (
+            args[0] if len(args) == 1 else None
+        )
+        self._loader = _StoreLoader(vllm_config)
+        self._requests: dict[int, _Request] = {}
+        self._bitmask: np.ndarray | None = None
+        self._blocked: torch.Tensor | None = None
+        self._last_log = time.monotonic()
+        self._warned: set[str] = set()
+
+    # -- both interfaces ---------------------------------------------------
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        spec_of(sampling_params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def _new_request(self, params: Any) -> _Request | None:
+        try:
+            spec = spec_of(params)
+        except ValueError:
+            return None  # refused at admission already
+        if spec is None:
+            return None
+        return _Request(spec, guarded=_constrained_elsewhere(params))
+
+    def _enforcer(self, req: _Request) -> RequestEnforcer | None:
+        if req.enforcer is None:
+            store = self._loader.get()
+            if store is None:
+                self._stand_down(req, f"unavailable ({self._loader.problem})")
+                return None
+            req.enforcer = RequestEnforcer(req.spec, store, thinking=req.thinking)
+        if not req.counted:
+            req.counted = True
+            metrics.inc(metrics.ENFORCED_REQUESTS_TOTAL)
+        return req.enforcer
+
+    def _stand_down(self, req: _Request, reason: str) -> None:
+        if req.enforcer is not None and req.enforcer.phase is Phase.OFF:
+            return
+        if req.enforcer is not None:
+            req.enforcer.stop(reason)
+        else:
+            req.enforcer = _OFF
+        label = reason.split(" ", 1)[0]
+        metrics.inc(metrics.STOOD_DOWN_TOTAL, 1, label)
+        if label not in self._warned:
+            self._warned.add(label)
+            logger.warning("Kimi tool Enforcer stood down for a request: %s", reason)
+
+    def _accept(self, req: _Request, tokens: list[int]) -> None:
+        enforcer = self._enforcer(req)
+        if enforcer is None or enforcer.phase is Phase.OFF:
+            return
+        for token in tokens:
+            if token < 0:
+                self._stand_down(
+                    req,
+                    "blind: the runner hides sampled tokens from entry-point "
+                    "logits processors under async scheduling; start vLLM with "
+                    "--no-async-scheduling or Model Runner V2",
+                )
+                return
+            if not enforcer.accept(token):
+                self._stand_down(req, f"rejected: {enforcer.off_reason}")
+                return
+
+    def _mask(self, logits: torch.Tensor, rows: list[tuple[int, _Request]]) -> None:
+        """Apply each enforced row's directive to ``logits`` in place."""
+        width = (logits.shape[1] + 31) // 32
+        if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
+            self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
+        bitmask = self._bitmask
+        ban_rows: list[int] = []
+        ban_ids: list[int] = []
+        only_rows: list[int] = []
+        only_sel: list[int] = []
+        only_ids: list[int] = []
+        fill_rows: list[int] = []
+        active: list[tuple[int, _Request]] = []
+        for row, req in rows:
+            enforcer = req.enforcer
+            if enforcer is None or enforcer.phase is Phase.OFF:
+                continue
+            directive = enforcer.directive(bitmask[row])
+            if isinstance(directive, Ban):
+                ban_rows.extend([row] * len(directive.ids))
+                ban_ids.extend(directive.ids)
+            elif isinstance(directive, Only):
+                only_rows.append(row)
+                only_sel.extend([row] * len(directive.ids))
+                only_ids.extend(directive.ids)
+            elif isinstance(directive, Fill):
+                fill_rows.append(row)
+            else:
+                continue
+            active.append((row, req))
+        if not active:
+            return
+        device = logits.device
+        active_rows = torch.tensor([r for r, _ in active], device=device)
+        guarded = [(r, q) for r, q in active if q.guarded]
+        saved = {r: logits[r].clone() for r, _ in guarded}
+        before = logits[active_rows].argmax(dim=-1)
+        if ban_rows:
+            logits[
+                torch.tensor(ban_rows, device=device),
+                torch.tensor(ban_ids, device=device),
+            ] = float("-inf")
+        if only_rows:
+            sel = torch.tensor(only_sel, device=device)
+            ids = torch.tensor(only_ids, device=device)
+            kept = logits[sel, ids]
+            logits[torch.tensor(only_rows, device=device)] = float("-inf")
+            logits[sel, ids] = kept
+        if fill_rows:
+            import xgrammar as xgr
+
+            mask = torch.from_numpy(bitmask[: logits.shape[0]]).to(
+                device, non_blocking=True
+            )
+            xgr.apply_token_bitmask_inplace(
+                logits,
+                mask,
+                indices=fill_rows
+                if device.type == "cpu"
+                else torch.tensor(fill_rows, device=device, dtype=torch.int32),
+            )
+            bitmask[fill_rows] = -1
+        for row, req in guarded:
+            if torch.isneginf(logits[row]).all():
+                logits[row] = saved[row]
+                self._stand_down(req, "conflict: other constraints leave no token")
+        blocked = (logits[active_rows].argmax(dim=-1) != before).sum()
+        self._blocked = blocked if self._blocked is None else self._blocked + blocked
+        self._maybe_log()
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL_S:
+            return
+        self._last_log = now
+        self.flush_metrics()
+        if logger.isEnabledFor(logging.INFO):
+            c = metrics.counts()
+            store = self._loader.store
+            stats = store.stats if store is not None else None
+            logger.info(
+                "Kimi tool Enforcer: %d requests, %d blocked steps, "
+                "%d grammars compiled in %.2f s (%d cache hits), stood down %d",
+                c.get(metrics.ENFORCED_REQUESTS_TOTAL, 0),
+                c.get(metrics.BLOCKED_TOKENS_TOTAL, 0),
+                stats.compiles if stats else 0,
+                stats.compile_seconds if stats else 0.0,
+                stats.cache_hits if stats else 0,
+                sum(v for k, v in c.items() if k.startswith(metrics.STOOD_DOWN_TOTAL)),
+            )
+
+    def flush_metrics(self) -> None:
+        """Move device-side tallies to the counters (one sync)."""
+        if self._blocked is not None:
+            metrics.inc(metrics.BLOCKED_TOKENS_TOTAL, int(self._blocked.item()))
+            self._blocked = None
+        store = self._loader.store
+        if store is not None:
+            seconds = store.stats.compile_seconds
+            metrics.inc(
+                metrics.COMPILE_SECONDS_TOTAL, seconds - getattr(self, "_compile_s", 0)
+            )
+            self._compile_s = seconds
+
+    # -- V1 runner ---------------------------------------------------------
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+
+        def new_state(params: Any, prompt: list[int] | None, output: list[int]):
+            req = self._new_request(params)
+            if req is not None:
+                req.output = output
+                req.thinking = False
+            return req
+
+        process_dict_updates(self._requests, batch_update, new_state)
+
+    def apply(
+        self, logits: torch.Tensor, ctx: LogitsContext | None = None
+    ) -> torch.Tensor:
+        if not self._requests:
+            return logits
+        if ctx is not None:
+            return self._apply_v2(logits, ctx)
+        rows: list[tuple[int, _Request]] = []
+        for row, req in self._requests.items():
+            if row >= logits.shape[0]:
+                continue
+            output = req.output or []
+            if len(output) > req.consumed:
+                self._accept(req, output[req.consumed :])
+                req.consumed = len(output)
+            elif self._enforcer(req) is None:
+                continue
+            rows.append((row, req))
+        self._mask(logits, rows)
+        return logits
+
+    # -- Model Runner V2 ---------------------------------------------------
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        req = self._new_request(sampling_params)
+        if req is None:
+            self._requests.pop(req_idx, None)
+            return False
+        self._requests[req_idx] = req
+        return True
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        slots = ctx.idx_mapping_np
+        rows = [
+            (row, int(s)) for row, s in enumerate(slots) if int(s) in self._requests
+        ]
+        if not rows:
+            return logits
+        if logits.shape[0] != len(slots):
+            for _, slot in rows:
+                self._stand_down(
+                    self._requests[slot], "speculative: not supported with drafts"
+                )
+            return logits
+        states = self._v2_states
+        assert states is not None
+        sel = torch.tensor([r for r, _ in rows], device=ctx.pos.device)
+        pos = ctx.pos[sel].cpu().tolist()
+        newest = ctx.input_ids[sel].cpu().tolist()
+        enforced: list[tuple[int, _Request]] = []
+        for (row, slot), p, tok in zip(rows, pos, newest):
+            req = self._requests[slot]
+            prompt_len = int(states.prompt_len.np[slot])
+            written = p - prompt_len + 1  # output tokens committed so far
+            missing = written - req.consumed
+            if missing > 0:
+                history: list[int] = []
+                if missing > 1:  # resumed after preemption: read the history
+                    start = prompt_len + req.consumed
+                    history = (
+                        states.all_token_ids.gpu[slot, start : start + missing - 1]
+                        .cpu()
+                        .tolist()
+                    )
+                self._accept(req, [*history, tok])
+                req.consumed = written
+            elif self._enforcer(req) is None:
+                continue
+            enforced.append((row, req))
+        self._mask(logits, enforced)
+        return logits
+
+
+class _Off:
+    """Placeholder enforcer for a request that will not be enforced."""
+
+    phase = Phase.OFF
+    off_reason = "unavailable"
+
+    def stop(self, reason: str) -> None:
+        pass
+
+
+_OFF: Any = _Off()
