@@ -31,5 +31,8 @@ mkdir -p "$SHIM"
 printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$SHIM/METADATA"
 : > "$SHIM/RECORD"
 "${PIP[@]}" install -e ".[test]"
+# BFCL's real-world tool schemas and answers (data files only; its runtime
+# dependencies are not needed to read them).
+"${PIP[@]}" install --no-deps "bfcl-eval==2026.3.23"
 "$VENV/bin/python" -c "import vllm, vllm_kimi_tools; print('vllm', vllm.__version__)"
 echo "$WANT" > "$STAMP"

@@ -24,3 +24,20 @@ def tinykimi(cache_dir: Path) -> Path:
     from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
 
     return ensure_tinykimi(cache_dir / "tinykimi")
+
+
+@pytest.fixture(scope="session")
+def kimi_tokenizer(tinykimi: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tinykimi)
+
+
+@pytest.fixture(scope="session")
+def grammar_store(kimi_tokenizer):
+    pytest.importorskip("xgrammar")
+    from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+    store = GrammarStore.for_hf_tokenizer(kimi_tokenizer, 163_840)
+    yield store
+    store.shutdown()

@@ -98,11 +98,14 @@ class PreparedSchema:
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
-def prepare_schema(parameters: Any, *, strict: bool = True) -> PreparedSchema:
+def prepare_schema(
+    parameters: Any, *, strict: bool = True, require_object: bool = True
+) -> PreparedSchema:
     """Normalise one tool's ``parameters`` for the Enforcer.
 
     ``strict=False`` (the tool's OpenAI ``strict: false``) keeps only the call
-    envelope: any JSON object.
+    envelope: any JSON object. ``require_object=False`` prepares a schema for
+    any JSON value (tests and benchmarks on general schema suites).
     """
     if not strict or parameters is None or parameters == {}:
         return _finish(dict(ANY_OBJECT), [])
@@ -122,15 +125,19 @@ def prepare_schema(parameters: Any, *, strict: bool = True) -> PreparedSchema:
     top = schema.get("type")
     if top is None and "properties" in schema:
         schema["type"] = top = "object"
-    if top not in (None, "object") and not (isinstance(top, list) and "object" in top):
+    if not require_object:
+        pass
+    elif top not in (None, "object") and not (
+        isinstance(top, list) and "object" in top
+    ):
         raise UnusableSchemaError(
             f"parameters must describe a JSON object (arguments are an object), "
             f"got type {top!r}"
         )
-    if isinstance(top, list):
+    elif isinstance(top, list) and top != ["object"]:
         schema["type"] = "object"
         degraded.append("#: type list narrowed to 'object' (arguments are an object)")
-    if top is None and not _has_composition(schema):
+    elif top is None and not _has_composition(schema):
         schema["type"] = "object"
     try:
         Draft202012Validator.check_schema(schema)
@@ -159,6 +166,8 @@ def _normalise(node: Any, where: str, degraded: list[str]) -> None:
     """Rewrite ``node`` in place into what xgrammar can compile."""
     if not isinstance(node, dict):
         return
+    # An identifier only: a fragment in it upsets the metaschema, not us.
+    node.pop("$id", None)
     _normalise_type(node, where, degraded)
     for key in UNENFORCED_KEYWORDS:
         if key in node:

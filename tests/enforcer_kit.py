@@ -1,0 +1,127 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Helpers to drive the Enforcer token by token with the tiny Kimi tokenizer."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.conftest import SHARED
+from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, RequestEnforcer
+from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+
+WALLE_CASES = SHARED / "anchors" / "walle" / "validator_cases"
+
+
+def walle_schemas() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(WALLE_CASES.glob("*/valid.jsonl")):
+        for n, line in enumerate(path.read_text().splitlines()):
+            if line.strip():
+                out.append((f"{path.parent.name}[{n}]", json.loads(line)))
+    return out
+
+
+def bfcl_functions(limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Function definitions from bfcl-eval's data (real-world tool schemas)."""
+    import bfcl_eval
+
+    data = Path(os.path.dirname(bfcl_eval.__file__)) / "data"
+    count = 0
+    for name in sorted(glob.glob(str(data / "BFCL_v4_*.json"))):
+        with open(name) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                functions = entry.get("function")
+                if not isinstance(functions, list):
+                    continue
+                for fn in functions:
+                    yield fn
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+
+
+def enforcer_for(store, tools: dict[str, Any], **kw: Any) -> RequestEnforcer:
+    """An Enforcer for ``{name: parameters}`` (``first_index`` etc. in kw)."""
+    spec_kw = {k: kw.pop(k) for k in ("choice", "named", "parallel") if k in kw}
+    spec, _ = build_spec(
+        [ToolDecl(name, params) for name, params in tools.items()],
+        first_index=kw.pop("first_index", 0),
+        **spec_kw,
+    )
+    return RequestEnforcer(spec, store, **kw)
+
+
+def allowed(enforcer: RequestEnforcer, vocab_size: int) -> np.ndarray:
+    """Boolean array: which ids the Enforcer allows next."""
+    row = np.full((vocab_size + 31) // 32, -1, dtype=np.int32)
+    directive = enforcer.directive(row)
+    if isinstance(directive, Ban):
+        out = np.ones(vocab_size, dtype=bool)
+        out[list(directive.ids)] = False
+        return out
+    if isinstance(directive, Only):
+        out = np.zeros(vocab_size, dtype=bool)
+        out[list(directive.ids)] = True
+        return out
+    assert isinstance(directive, Fill)
+    bits = np.unpackbits(row.view(np.uint8), bitorder="little").astype(bool)
+    return bits[:vocab_size]
+
+
+@dataclass
+class Drive:
+    ok: bool
+    stopped_at: int | None  # index of the first refused token
+    refused: str | None = None
+
+
+def drive(enforcer: RequestEnforcer, tokenizer, text: str) -> Drive:
+    """Feed ``text``'s tokens; stop at the first one the Enforcer refuses."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    vocab = len(enforcer._table.token_bytes)
+    for i, token in enumerate(ids):
+        if not allowed(enforcer, vocab)[token]:
+            return Drive(False, i, tokenizer.decode(ids[i : i + 1]))
+        assert enforcer.accept(token), enforcer.off_reason
+    return Drive(True, None)
+
+
+def random_call(
+    enforcer: RequestEnforcer, rng: random.Random, closers: list[int], steps: int
+) -> bytes | None:
+    """Walk the grammar from ARGS to ``<|tool_call_end|>``; the argument bytes.
+
+    Picks a closer when one is allowed (half the time), else any allowed
+    token. None when the walk did not finish in ``steps``.
+    """
+    table = enforcer._table
+    out = b""
+    for _ in range(steps):
+        ok = allowed(enforcer, table.vocab_size)
+        ids = np.flatnonzero(ok)
+        assert len(ids), "the Enforcer allowed nothing"
+        usable = [c for c in closers if ok[c]]
+        token = (
+            rng.choice(usable)
+            if usable and rng.random() < 0.5
+            else int(ids[rng.randrange(len(ids))])
+        )
+        assert enforcer.accept(token), enforcer.off_reason
+        if token == table.markers.call_end:
+            return out
+        out += table.token_bytes[token]
+    return None

@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Schema preparation: normalisation, degradation notes, refusals (no xgrammar)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.enforcer_kit import walle_schemas
+from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+from vllm_kimi_tools.enforcer.schemas import UnusableSchemaError, prepare_schema
+from vllm_kimi_tools.enforcer.spec import EnforcerSpec
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        ("dict", "object"),
+        ("HashMap", "object"),
+        ("float", "number"),
+        ("double", "number"),
+        ("long", "integer"),
+        ("tuple", "array"),
+        ("ArrayList", "array"),
+        ("String", "string"),
+        ("char", "string"),
+        ("Boolean", "boolean"),
+    ],
+)
+def test_non_standard_types_map_to_a_superset(declared: str, expected: str) -> None:
+    prepared = prepare_schema(
+        {"type": "dict", "properties": {"x": {"type": declared}}, "required": ["x"]}
+    )
+    assert prepared.schema["type"] == "object"
+    assert prepared.schema["properties"]["x"]["type"] == expected
+    assert any("'dict' read as 'object'" in n for n in prepared.degraded)
+    assert any(f"{declared!r} read as {expected!r}" in n for n in prepared.degraded)
+
+
+def test_any_type_becomes_unconstrained() -> None:
+    prepared = prepare_schema({"type": "object", "properties": {"v": {"type": "any"}}})
+    assert "type" not in prepared.schema["properties"]["v"]
+    assert prepared.degraded
+
+
+def test_length_bounds_leave_the_grammar_but_stay_in_the_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "minLength": 2, "maxLength": 5000000}},
+    }
+    prepared = prepare_schema(schema)
+    assert "Length" not in prepared.grammar_json
+    assert prepared.has_length_bounds
+    assert prepared.schema["properties"]["s"]["maxLength"] == 5000000
+
+
+def test_unenforced_keywords_are_reported() -> None:
+    prepared = prepare_schema(
+        {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}
+    )
+    assert any("uniqueItems" in n for n in prepared.degraded)
+
+
+def test_false_property_is_not_offered() -> None:
+    prepared = prepare_schema(
+        {"type": "object", "properties": {"a": {"type": "string"}, "b": False}}
+    )
+    assert "b" not in prepared.schema["properties"]
+
+
+def test_required_key_without_schema_gets_any_value() -> None:
+    prepared = prepare_schema(
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["z"]}
+    )
+    assert prepared.schema["properties"]["z"] == {}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"type": "string"}, "must describe a JSON object"),
+        ("not a schema", "must be a JSON Schema object"),
+        ({"type": 3}, "type must be a string"),
+        (
+            {"type": "object", "properties": {"a": False}, "required": ["a"]},
+            "required but its schema is false",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "maxLength": -1}}},
+            "non-negative integer",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}},
+            },
+            "minLength 5 > maxLength 2",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {},
+                "required": ["a"],
+                "additionalProperties": False,
+            },
+            "not allowed by 'additionalProperties: false'",
+        ),
+        ({"type": "object", "properties": {"a": {"enum": "x"}}}, "invalid JSON Schema"),
+    ],
+)
+def test_unusable_schemas_are_refused(parameters, message: str) -> None:
+    with pytest.raises(UnusableSchemaError, match=message):
+        prepare_schema(parameters)
+
+
+def test_strict_false_and_missing_parameters_mean_any_object() -> None:
+    for prepared in (
+        prepare_schema({"type": "object", "properties": {"a": {}}}, strict=False),
+        prepare_schema(None),
+    ):
+        assert json.loads(prepared.grammar_json) == {"type": "object"}
+
+
+@pytest.mark.parametrize(("case", "schema"), walle_schemas())
+def test_every_walle_schema_prepares(case: str, schema) -> None:
+    prepared = prepare_schema(schema, require_object=False)
+    json.loads(prepared.grammar_json)
+
+
+def test_build_spec_round_trips_and_refuses_bad_requests() -> None:
+    tools = [ToolDecl("a", {"type": "object"}), ToolDecl("b", None, strict=False)]
+    spec, _ = build_spec(tools, first_index=4, choice="required", parallel=False)
+    again = EnforcerSpec.from_json(spec.to_json())
+    assert again == spec
+    assert again.names() == ["a", "b"] and again.first_index == 4
+    named, _ = build_spec(tools, first_index=0, named="b")
+    assert named.names() == ["b"] and named.choice == "named"
+    with pytest.raises(ValueError, match="not declared"):
+        build_spec(tools, first_index=0, named="zzz")
+    with pytest.raises(ValueError, match="declared twice"):
+        build_spec([*tools, ToolDecl("a")], first_index=0)
+    with pytest.raises(ValueError, match="tool 'x'"):
+        build_spec([ToolDecl("x", {"type": "array"})], first_index=0)
+    with pytest.raises(ValueError, match="version"):
+        EnforcerSpec.from_json('{"v": 99, "tools": []}')
