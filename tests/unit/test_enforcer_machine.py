@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The Enforcer's wire-format state machine: what may come next, per phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.enforcer_kit import allowed, drive, enforcer_for
+from vllm_kimi_tools.enforcer.machine import Phase
+
+pytest.importorskip("xgrammar")
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+TOOLS = {"get_weather": WEATHER, "search": {"type": "object"}}
+ARGS = '{"city": "Oslo"}'
+
+
+def call(name: str, idx: int, args: str = ARGS) -> str:
+    return (
+        f"<|tool_call_begin|>functions.{name}:{idx}"
+        f"<|tool_call_argument_begin|>{args}<|tool_call_end|>"
+    )
+
+
+def section(*calls: str) -> str:
+    return (
+        "<|tool_calls_section_begin|>" + "".join(calls) + "<|tool_calls_section_end|>"
+    )
+
+
+def ids(tok, *texts: str) -> list[int]:
+    return [tok.convert_tokens_to_ids(t) for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "ok"),
+    [
+        ("Let me look." + section(call("get_weather", 0)) + "<|im_end|>", {}, True),
+        ("plain answer<|im_end|>", {}, True),
+        (section(call("search", 0, "{}"), call("get_weather", 1)), {}, True),
+        # undeclared tool, non-canonical ids, IDX not the running count
+        (section(call("get_time", 0)), {}, False),
+        ("<|tool_calls_section_begin|><|tool_call_begin|>get_weather:0", {}, False),
+        (section(call("get_weather", 1)), {}, False),
+        (section(call("get_weather", 0)), {"first_index": 3}, False),
+        (section(call("get_weather", 3)), {"first_index": 3}, True),
+        # stray or bare markup in text; text after the section
+        ("a<|tool_call_begin|>", {}, False),
+        ("a<|tool_call_end|>", {}, False),
+        ("a<|tool_calls_section_end|>", {}, False),
+        (section(call("get_weather", 0)) + "more", {}, False),
+        # an empty section; whitespace between markers
+        ("<|tool_calls_section_begin|><|tool_calls_section_end|>", {}, False),
+        ("<|tool_calls_section_begin|> <|tool_call_begin|>", {}, False),
+        # thinking: only as the first thing, calls may follow it
+        ("<think>hm</think>" + section(call("get_weather", 0)), {}, True),
+        ("hi<think>", {}, False),
+        ("<think>a<|tool_call_begin|>", {}, False),
+        ("<think>a" + section(call("get_weather", 0)), {}, True),
+        # required / named / parallel_tool_calls=false
+        ("text first", {"choice": "required"}, False),
+        (section(call("search", 0, "{}")), {"choice": "required"}, True),
+        (
+            "<think>x</think>" + section(call("search", 0, "{}")),
+            {"choice": "required"},
+            True,
+        ),
+        (section(call("search", 0, "{}")), {"named": "get_weather"}, False),
+        (
+            section(call("get_weather", 0), call("get_weather", 1)),
+            {"named": "get_weather"},
+            False,
+        ),
+        (section(call("get_weather", 0)), {"named": "get_weather"}, True),
+        (
+            section(call("search", 0, "{}"), call("get_weather", 1)),
+            {"parallel": False},
+            False,
+        ),
+    ],
+)
+def test_wire_format(grammar_store, kimi_tokenizer, text, kw, ok) -> None:
+    result = drive(enforcer_for(grammar_store, TOOLS, **kw), kimi_tokenizer, text)
+    assert result.ok is ok, result
+
+
+def test_after_the_section_only_the_end_of_turn(grammar_store, kimi_tokenizer) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS)
+    assert drive(enforcer, kimi_tokenizer, section(call("get_weather", 0))).ok
+    assert enforcer.phase is Phase.AFTER
+    mask = allowed(enforcer, 163_840)
+    assert sorted(np.flatnonzero(mask)) == sorted(
+        ids(kimi_tokenizer, "<|im_end|>", "[EOS]")
+    )
+
+
+def test_no_special_token_inside_arguments(grammar_store, kimi_tokenizer) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS)
+    prefix = '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "O'
+    assert drive(enforcer, kimi_tokenizer, prefix).ok
+    mask = allowed(enforcer, 163_840)
+    assert mask[: grammar_store.table.vocab_size].sum() > 100_000  # free string
+    for special in grammar_store.table.special_ids:
+        assert not mask[special], kimi_tokenizer.convert_ids_to_tokens(special)
+    # Once the object is complete, <|tool_call_end|> is allowed (alone).
+    assert drive(enforcer, kimi_tokenizer, 'slo"}').ok
+    mask = allowed(enforcer, 163_840)
+    call_end = grammar_store.table.markers.call_end
+    assert mask[call_end]
+    assert not any(mask[s] for s in grammar_store.table.special_ids - {call_end})
+
+
+def test_header_offers_only_declared_names_at_the_pinned_index(
+    grammar_store, kimi_tokenizer
+) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS, first_index=7)
+    assert drive(
+        enforcer,
+        kimi_tokenizer,
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.",
+    ).ok
+    offered = {
+        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+    }
+    assert offered and all(
+        "get_weather:7".startswith(o) or "search:7".startswith(o) for o in offered
+    )
+    assert drive(enforcer, kimi_tokenizer, "search:7").ok
+    assert np.flatnonzero(allowed(enforcer, 163_840)).tolist() == [
+        grammar_store.table.markers.argument_begin
+    ]
+
+
+def test_refused_token_turns_the_enforcer_off(grammar_store, kimi_tokenizer) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS)
+    assert not enforcer.accept(grammar_store.table.markers.call_end)
+    assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
+    assert enforcer.directive(None) is None  # no mask any more

@@ -1,0 +1,240 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The Enforcer logits processor with hand-built batches on CPU tensors.
+
+V1: ``BatchUpdate`` adds, removes, swaps, preemption re-adds, async
+placeholders. V2: ``add_request`` + ``apply(logits, ctx)`` with the newest
+token in ``ctx.input_ids`` and history in ``all_token_ids``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+pytest.importorskip("xgrammar")
+
+from vllm import SamplingParams  # noqa: E402
+from vllm.v1.sample.logits_processor import (  # noqa: E402
+    BatchUpdate,
+    MoveDirectionality,
+)
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext  # noqa: E402
+
+from vllm_kimi_tools import metrics  # noqa: E402
+from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec  # noqa: E402
+from vllm_kimi_tools.enforcer.spec import SPEC_KEY  # noqa: E402
+from vllm_kimi_tools.logits_processor import KimiToolEnforcer  # noqa: E402
+
+V = 163_840
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+NO_TOKENIZER = SimpleNamespace(
+    model_config=SimpleNamespace(skip_tokenizer_init=True, get_vocab_size=lambda: V)
+)
+
+
+class _Ready:
+    def __init__(self, store) -> None:
+        self.store, self.problem = store, None
+
+    def get(self):
+        return self.store
+
+
+def processor(store, *args) -> KimiToolEnforcer:
+    lp = KimiToolEnforcer(NO_TOKENIZER, *(args or (torch.device("cpu"), False)))
+    lp._loader = _Ready(store)
+    return lp
+
+
+def params(**kw) -> SamplingParams:
+    spec, _ = build_spec([ToolDecl("get_weather", WEATHER)], first_index=0)
+    return SamplingParams(extra_args={SPEC_KEY: spec.to_json()}, **kw)
+
+
+def update(added=(), removed=(), moved=(), size=2) -> BatchUpdate:
+    return BatchUpdate(
+        batch_size=size, removed=list(removed), added=list(added), moved=list(moved)
+    )
+
+
+def finite(row: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(~torch.isneginf(row)).flatten().tolist())
+
+
+@pytest.fixture
+def m(grammar_store):
+    return grammar_store.table.markers
+
+
+def test_v1_add_mask_move_remove(grammar_store, m) -> None:
+    lp = processor(grammar_store)
+    out0: list[int] = []
+    lp.update_state(
+        update(added=[(0, params(), [1, 2], out0), (1, SamplingParams(), [1], [])])
+    )
+    logits = torch.zeros(2, V)
+    lp.apply(logits)
+    banned = set(range(V)) - finite(logits[0])
+    assert banned == {
+        m.call_begin,
+        m.argument_begin,
+        m.call_end,
+        m.section_end,
+        m.think_end,
+    }
+    assert len(finite(logits[1])) == V  # not enforced: untouched
+
+    out0.append(m.section_begin)  # the runner appends the sampled token
+    logits = torch.zeros(2, V)
+    lp.apply(logits)
+    assert finite(logits[0]) == {m.call_begin}
+
+    lp.update_state(update(moved=[(0, 1, MoveDirectionality.SWAP)]))
+    logits = torch.zeros(2, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V and finite(logits[1]) == {m.call_begin}
+
+    lp.update_state(update(removed=[1], size=1))
+    logits = torch.zeros(2, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V == len(finite(logits[1]))
+
+
+def test_v1_preempted_request_is_replayed_on_re_add(grammar_store, kimi_tokenizer, m):
+    lp = processor(grammar_store)
+    history = kimi_tokenizer.encode(
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        '<|tool_call_argument_begin|>{"city"',
+        add_special_tokens=False,
+    )
+    lp.update_state(update(added=[(0, params(), [1], list(history))], size=1))
+    logits = torch.zeros(1, V)
+    lp.apply(logits)
+    allowed = {kimi_tokenizer.decode([t]) for t in finite(logits[0])}
+    assert any(a.startswith(":") for a in allowed), allowed
+    assert all(a.startswith(":") or not a.strip() for a in allowed), allowed
+
+
+def test_v1_arguments_mask_is_the_grammar(grammar_store, kimi_tokenizer, m):
+    lp = processor(grammar_store)
+    out = kimi_tokenizer.encode(
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        "<|tool_call_argument_begin|>",
+        add_special_tokens=False,
+    )
+    lp.update_state(update(added=[(0, params(), [1], out)], size=1))
+    logits = torch.randn(1, V)
+    lp.apply(logits)
+    texts = {kimi_tokenizer.decode([t]) for t in finite(logits[0])}
+    assert any(t.startswith("{") for t in texts), texts
+    assert all(t.lstrip().startswith("{") or not t.strip() for t in texts), texts
+
+
+def test_v1_conflicting_constraints_restore_the_row(grammar_store, m) -> None:
+    lp = processor(grammar_store)
+    lp.update_state(
+        update(added=[(0, params(allowed_token_ids=[m.call_end]), [1], [])], size=1)
+    )
+    logits = torch.full((1, V), float("-inf"))
+    logits[0, m.call_end] = 1.0  # what an earlier stage left
+    before = metrics.counts().get(f"{metrics.STOOD_DOWN_TOTAL}{{conflict:}}", 0)
+    lp.apply(logits)
+    assert finite(logits[0]) == {m.call_end}
+    assert metrics.counts()[f"{metrics.STOOD_DOWN_TOTAL}{{conflict:}}"] == before + 1
+
+
+def test_v1_async_placeholder_stands_down(grammar_store, m) -> None:
+    lp = processor(grammar_store)
+    out: list[int] = []
+    lp.update_state(update(added=[(0, params(), [1], out)], size=1))
+    lp.apply(torch.zeros(1, V))
+    out.append(-1)
+    logits = torch.zeros(1, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V
+    assert lp._requests[0].enforcer.phase.value == "off"
+
+
+def test_validate_params_refuses_a_broken_spec() -> None:
+    with pytest.raises(ValueError):
+        KimiToolEnforcer.validate_params(SamplingParams(extra_args={SPEC_KEY: "{"}))
+    KimiToolEnforcer.validate_params(SamplingParams())  # not ours: fine
+
+
+# -- Model Runner V2 -------------------------------------------------------
+
+
+def ctx_for(slots, pos, input_ids) -> LogitsContext:
+    n = len(slots)
+    return LogitsContext(
+        expanded_idx_mapping=torch.tensor(slots),
+        idx_mapping=torch.tensor(slots),
+        idx_mapping_np=np.array(slots),
+        expanded_local_pos=torch.zeros(n, dtype=torch.int64),
+        input_ids=torch.tensor(input_ids),
+        pos=torch.tensor(pos),
+        seq_lens_upper_bound_np=np.array(pos) + 1,
+    )
+
+
+def test_v2_slots_history_and_resume(grammar_store, kimi_tokenizer, m) -> None:
+    prompt_len = np.zeros(8, dtype=np.int64)
+    all_tokens = torch.zeros(8, 64, dtype=torch.int64)
+    states = SimpleNamespace(
+        prompt_len=SimpleNamespace(np=prompt_len),
+        all_token_ids=SimpleNamespace(gpu=all_tokens),
+    )
+    lp = processor(grammar_store, states)
+    prompt_len[3] = 10
+    assert lp.add_request(3, params()) is True
+    assert lp.add_request(5, SamplingParams()) is False
+
+    # Prefill step: slot 3's row feeds its last prompt token.
+    logits = torch.zeros(2, V)
+    lp.apply(logits, ctx_for([5, 3], [4, 9], [7, 7]))
+    assert len(finite(logits[0])) == V
+    assert m.call_begin not in finite(logits[1])
+
+    # Decode: the newest token (section begin) arrives in input_ids.
+    logits = torch.zeros(2, V)
+    lp.apply(logits, ctx_for([3, 5], [10, 5], [m.section_begin, 7]))
+    assert finite(logits[0]) == {m.call_begin}
+
+    # Preempted and resumed into slot 6 with three output tokens written.
+    header = kimi_tokenizer.encode("functions", add_special_tokens=False)
+    prompt_len[6] = 10
+    all_tokens[6, 10:12] = torch.tensor([m.section_begin, m.call_begin])
+    assert lp.add_request(6, params()) is True
+    logits = torch.zeros(1, V)
+    lp.apply(logits, ctx_for([6], [12], header[:1]))
+    texts = {kimi_tokenizer.decode([t]) for t in finite(logits[0])}
+    assert texts and all(t.startswith(".") for t in texts), texts
+
+    # A recycled slot with a request that is not enforced is left alone.
+    assert lp.add_request(6, SamplingParams()) is False
+    logits = torch.zeros(1, V)
+    lp.apply(logits, ctx_for([6], [20], [7]))
+    assert len(finite(logits[0])) == V
+
+
+def test_v2_speculative_rows_stand_down(grammar_store, m) -> None:
+    states = SimpleNamespace(
+        prompt_len=SimpleNamespace(np=np.zeros(4, dtype=np.int64)),
+        all_token_ids=SimpleNamespace(gpu=torch.zeros(4, 8, dtype=torch.int64)),
+    )
+    lp = processor(grammar_store, states)
+    lp.add_request(0, params())
+    logits = torch.zeros(3, V)  # three rows (drafts) for one request
+    ctx = ctx_for([0], [3], [1])
+    lp.apply(logits, ctx)
+    assert len(finite(logits[0])) == V
+    assert lp._requests[0].enforcer.phase.value == "off"
