@@ -21,7 +21,7 @@ from vllm.entrypoints.generate.base.protocol import (
 )
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
-from vllm.logger import init_logger
+from vllm.logger import init_logger as _init_logger
 from vllm.parser.engine.adapters import make_adapters
 from vllm.parser.engine.events import EventType
 from vllm.parser.engine.parser_engine_config import ParserState, Transition
@@ -66,6 +66,12 @@ def install_hf_renderer(module: str, class_name: str) -> None:
 
 def installed_hf_renderer() -> tuple[str, str] | None:
     return RENDERER_REGISTRY.renderers.get(HF_RENDERER_MODE)
+
+
+def init_logger(name: str):  # -> logging.Logger
+    """A logger under ``vllm.``: vLLM configures only the ``vllm``
+    logger tree, so this is where a plugin's INFO lines reach its log."""
+    return _init_logger(f"vllm.{name}")
 
 
 def tokenizer_for(vllm_config):  # -> TokenizerLike | None

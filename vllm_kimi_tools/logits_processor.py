@@ -24,6 +24,7 @@ GPU, its C++ kernel on CPU).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
 
 logger = init_logger(__name__)
 
-LOG_INTERVAL_S = 10.0
+# Seconds between the Enforcer's summary log lines (engine process).
+LOG_INTERVAL_ENV = "VLLM_KIMI_TOOLS_LOG_INTERVAL"
 
 
 def spec_of(params: Any) -> EnforcerSpec | None:
@@ -138,6 +140,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._bitmask: np.ndarray | None = None
         self._blocked: torch.Tensor | None = None
         self._last_log = time.monotonic()
+        self._log_interval = float(os.environ.get(LOG_INTERVAL_ENV, "10"))
         self._warned: set[str] = set()
 
     # -- both interfaces ---------------------------------------------------
@@ -272,7 +275,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def _maybe_log(self) -> None:
         now = time.monotonic()
-        if now - self._last_log < LOG_INTERVAL_S:
+        if now - self._last_log < self._log_interval:
             return
         self._last_log = now
         self.flush_metrics()
@@ -318,6 +321,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             return req
 
         process_dict_updates(self._requests, batch_update, new_state)
+        if batch_update.removed:
+            self.flush_metrics()
 
     def apply(
         self, logits: torch.Tensor, ctx: LogitsContext | None = None
@@ -343,6 +348,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
     # -- Model Runner V2 ---------------------------------------------------
 
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        self.flush_metrics()
         req = self._new_request(sampling_params)
         if req is None:
             self._requests.pop(req_idx, None)

@@ -14,7 +14,13 @@ pytest.importorskip("vllm")
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer  # noqa: E402
 
 
-def _serve(tinykimi: Path, cache_dir: Path, name: str, parser: str) -> VllmServer:
+def _serve(
+    tinykimi: Path,
+    cache_dir: Path,
+    name: str,
+    parser: str,
+    env: dict[str, str] | None = None,
+) -> VllmServer:
     return VllmServer(
         tinykimi,
         [
@@ -27,12 +33,15 @@ def _serve(tinykimi: Path, cache_dir: Path, name: str, parser: str) -> VllmServe
         ],
         cache_dir=cache_dir,
         log_path=cache_dir / "logs" / f"e2e-{name}.log",
+        env=env,
     )
 
 
 @pytest.fixture(scope="session")
 def robust_server(tinykimi: Path, cache_dir: Path) -> Iterator[VllmServer]:
-    with _serve(tinykimi, cache_dir, "robust", "kimi_k2_robust") as server:
+    # The Enforcer's summary line every second instead of every ten.
+    env = {"VLLM_KIMI_TOOLS_LOG_INTERVAL": "1"}
+    with _serve(tinykimi, cache_dir, "robust", "kimi_k2_robust", env) as server:
         yield server
 
 

@@ -47,7 +47,7 @@ def props(required=(), extra=None, **properties):
     return schema
 
 
-S, I, N, B = ({"type": t} for t in ("string", "integer", "number", "boolean"))
+S, INT, N, B = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 
 # Stricter than the schema by design (docs/enforcer.md): rows the grammar
 # refuses although jsonschema accepts them.
@@ -63,10 +63,10 @@ STRICTER = {
 # (feature, schema, arguments, valid per jsonschema)
 TABLE = [
     ("required present", props(["a"], a=S), '{"a": "x"}', True),
-    ("required missing", props(["a"], a=S, b=I), '{"b": 1}', False),
-    ("optional skipped", props(["b"], a=S, b=I), '{"b": 1}', True),
-    ("wrong type", props(["a"], a=I), '{"a": "3"}', False),
-    ("integer as float", props(["a"], a=I), '{"a": 3.5}', False),
+    ("required missing", props(["a"], a=S, b=INT), '{"b": 1}', False),
+    ("optional skipped", props(["b"], a=S, b=INT), '{"b": 1}', True),
+    ("wrong type", props(["a"], a=INT), '{"a": "3"}', False),
+    ("integer as float", props(["a"], a=INT), '{"a": 3.5}', False),
     ("number", props(["a"], a=N), '{"a": -3.5e2}', True),
     ("boolean", props(["a"], a=B), '{"a": true}', True),
     (
@@ -82,7 +82,7 @@ TABLE = [
         True,
     ),
     ("extra key, additionalProperties false", props([], False, a=S), '{"z": 1}', False),
-    ("extra key typed", props([], I, a=S), '{"a": "x", "z": "no"}', False),
+    ("extra key typed", props([], INT, a=S), '{"a": "x", "z": "no"}', False),
     ("enum hit", props(["u"], u={"enum": ["c", "f"]}), '{"u": "c"}', True),
     ("enum miss", props(["u"], u={"enum": ["c", "f"]}), '{"u": "k"}', False),
     ("const", props(["u"], u={"const": 7}), '{"u": 8}', False),
@@ -96,13 +96,13 @@ TABLE = [
     ("maximum", props(["n"], n={"type": "integer", "maximum": 14}), '{"n": 15}', False),
     (
         "maxItems",
-        props(["l"], l={"type": "array", "items": I, "maxItems": 2}),
+        props(["l"], l={"type": "array", "items": INT, "maxItems": 2}),
         '{"l": [1, 2, 3]}',
         False,
     ),
     (
         "minItems",
-        props(["l"], l={"type": "array", "items": I, "minItems": 1}),
+        props(["l"], l={"type": "array", "items": INT, "minItems": 1}),
         '{"l": []}',
         False,
     ),
@@ -119,7 +119,7 @@ TABLE = [
     ("null union", props(["v"], v={"type": ["string", "null"]}), '{"v": null}', True),
     (
         "$ref",
-        {**props(["p"], p={"$ref": "#/$defs/P"}), "$defs": {"P": props(["x"], x=I)}},
+        {**props(["p"], p={"$ref": "#/$defs/P"}), "$defs": {"P": props(["x"], x=INT)}},
         '{"p": {"x": "s"}}',
         False,
     ),

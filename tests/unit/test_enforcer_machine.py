@@ -102,7 +102,10 @@ def test_after_the_section_only_the_end_of_turn(grammar_store, kimi_tokenizer) -
 
 def test_no_special_token_inside_arguments(grammar_store, kimi_tokenizer) -> None:
     enforcer = enforcer_for(grammar_store, TOOLS)
-    prefix = '<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "O'
+    prefix = (
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        '<|tool_call_argument_begin|>{"city": "O'
+    )
     assert drive(enforcer, kimi_tokenizer, prefix).ok
     mask = allowed(enforcer, 163_840)
     assert mask[: grammar_store.table.vocab_size].sum() > 100_000  # free string

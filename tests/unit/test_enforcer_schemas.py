@@ -88,7 +88,10 @@ def test_required_key_without_schema_gets_any_value() -> None:
             "required but its schema is false",
         ),
         (
-            {"type": "object", "properties": {"a": {"type": "string", "maxLength": -1}}},
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string", "maxLength": -1}},
+            },
             "non-negative integer",
         ),
         (

@@ -19,9 +19,9 @@ is still allowed and otherwise leaves the row as the earlier stages made it.
 ``intend`` behaves like a model with an intention (the script) that respects
 earlier masks: it writes its next scripted token when allowed; when blocked it
 skips ahead to the first scripted token (within 16) that is allowed now; else
-it writes the best allowed of its ``puppet_closers`` (e.g. ``"``, ``}``,
-``<|tool_call_end|>``, ``<|im_end|>``: what a model says to wrap up); else the
-model's own best allowed token. It always finishes, so what is measured is
+it writes the first allowed of its ``puppet_closers`` (in order, e.g. ``"``,
+``}``, ``<|tool_call_end|>``, ``<|im_end|>``: what a model says to wrap up);
+else the model's own best allowed token. It always finishes, so what is measured is
 the masks, not a random model.
 Past the script's end the row is left alone (``intend``: closers, then the
 model). Load it with
@@ -160,9 +160,7 @@ class PuppetLogitsProcessor(LogitsProcessor):
                 row.next_cursor = row.cursor + ahead + 1
                 break
         if choice is None:
-            closers = [t for t in row.closers if ok(t)]
-            if closers:
-                choice = max(closers, key=lambda t: float(logits[index, t]))
+            choice = next((t for t in row.closers if ok(t)), None)
             row.next_cursor = row.cursor
         if choice is None:
             return  # the model's own choice among what is allowed

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The Enforcer through a real ``vllm serve`` (CPU).
+
+The puppet (``intend`` mode) tries to write a bad call; the Enforcer (on by
+default for ``kimi_k2_robust``) must steer it into a call K2VV accepts. The
+same intentions on the stock ``kimi_k2`` server show the failures it fixes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.kimi_text import openai_tool, section
+from vllm_kimi_tools import tokens
+from vllm_kimi_tools.testbed.k2vv import check_message
+from vllm_kimi_tools.testbed.server import VllmServer
+
+pytestmark = pytest.mark.e2e
+
+WEATHER = openai_tool(
+    "get_weather",
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            "unit": {"enum": ["c", "f"]},
+        },
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+)
+TOOLS = [
+    WEATHER,
+    openai_tool(
+        "search",
+        {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    ),
+]
+CLOSERS = (
+    '"',
+    "}",
+    "]",
+    ",",
+    tokens.TOOL_CALL_END,
+    tokens.TOOL_CALLS_SECTION_END,
+    tokens.IM_END,
+)
+
+
+def call(name: str, args: str, idx: int = 0) -> str:
+    return (
+        f"{tokens.TOOL_CALL_BEGIN}functions.{name}:{idx}"
+        f"{tokens.TOOL_CALL_ARGUMENT_BEGIN}{args}{tokens.TOOL_CALL_END}"
+    )
+
+
+# name -> what the model intends to write
+INTENTIONS = {
+    "undeclared tool": section(call("get_time", '{"tz": "UTC"}')),
+    "wrong types": section(call("get_weather", '{"city": "Oslo", "days": "three"}')),
+    "missing required key": section(call("get_weather", '{"city": "Oslo"}')),
+    "extra key": section(
+        call("get_weather", '{"city": "Oslo", "days": 2, "lang": "en"}')
+    ),
+    "marker inside a string": section(
+        call("get_weather", f'{{"city": "Os{tokens.TOOL_CALL_END}lo", "days": 2}}')
+    ),
+    "string too long": section(
+        call("get_weather", '{"city": "Llanfairpwllgwyngyll", "days": 2}')
+    ),
+    "out of range": section(call("get_weather", '{"city": "Oslo", "days": 40}')),
+    "non-canonical id": section(
+        f"{tokens.TOOL_CALL_BEGIN}search:2{tokens.TOOL_CALL_ARGUMENT_BEGIN}"
+        f'{{"q": "news"}}{tokens.TOOL_CALL_END}'
+    ),
+    "string-encoded arguments": section(call("search", '"{\\"q\\": \\"news\\"}"')),
+}
+CORRECT = "Checking." + section(
+    call("get_weather", '{"city": "Oslo", "days": 2, "unit": "c"}'),
+    call("search", '{"q": "Oslo news"}', 1),
+)
+
+
+def _ask(server: VllmServer, output: str, **kw: Any) -> dict[str, Any]:
+    closers = [server.tokenize(t)[0] for t in CLOSERS]
+    body = {
+        "model": "tinykimi",
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": TOOLS,
+        "max_tokens": 120,
+        "temperature": 0,
+        "vllm_xargs": {
+            "puppet_script": server.tokenize(output + tokens.IM_END),
+            "puppet_mode": "intend",
+            "puppet_closers": closers,
+        },
+        **kw,
+    }
+    status, reply = server.post("/v1/chat/completions", body)
+    assert status == 200, reply
+    return reply["choices"][0]
+
+
+@pytest.mark.parametrize("intention", sorted(INTENTIONS))
+def test_enforcer_turns_bad_intentions_into_valid_calls(robust_server, intention):
+    choice = _ask(robust_server, INTENTIONS[intention])
+    verdict = check_message(choice["message"], choice["finish_reason"], TOOLS)
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert verdict.ok, (verdict, choice["message"])
+
+
+def test_correct_calls_pass_unaltered(robust_server):
+    choice = _ask(robust_server, CORRECT)
+    assert choice["finish_reason"] == "tool_calls"
+    calls = choice["message"]["tool_calls"]
+    assert [
+        (c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls
+    ] == [
+        (
+            "functions.get_weather:0",
+            "get_weather",
+            '{"city": "Oslo", "days": 2, "unit": "c"}',
+        ),
+        ("functions.search:1", "search", '{"q": "Oslo news"}'),
+    ]
+    assert choice["message"]["content"] == "Checking."
+
+
+def test_enforcer_can_be_turned_off_per_request(robust_server):
+    choice = (
+        _ask(
+            robust_server,
+            INTENTIONS["wrong types"],
+            vllm_xargs=None,  # replaced below
+        )
+        if False
+        else None
+    )
+    del choice
+    closers = [robust_server.tokenize(t)[0] for t in CLOSERS]
+    body = {
+        "model": "tinykimi",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": TOOLS,
+        "max_tokens": 120,
+        "temperature": 0,
+        "vllm_xargs": {
+            "puppet_script": robust_server.tokenize(
+                INTENTIONS["wrong types"] + tokens.IM_END
+            ),
+            "puppet_mode": "intend",
+            "puppet_closers": closers,
+            "kimi_tools_enforce": "off",
+        },
+    }
+    status, reply = robust_server.post("/v1/chat/completions", body)
+    assert status == 200
+    # Unconstrained, the model writes its schema-invalid call as intended.
+    calls = reply["choices"][0]["message"]["tool_calls"]
+    assert calls and '"three"' in calls[0]["function"]["arguments"]
+
+
+def test_unusable_schema_is_a_400(robust_server):
+    status, reply = robust_server.post(
+        "/v1/chat/completions",
+        {
+            "model": "tinykimi",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [openai_tool("f", {"type": "string"})],
+        },
+    )
+    assert status == 400
+    assert "must describe a JSON object" in reply["error"]["message"]
+
+
+def test_enforcer_reports_what_it_did(robust_server):
+    """The engine process logs its tallies (its counters are not in the API
+    server's /metrics when the engine runs in its own process)."""
+    import re
+    import time
+
+    _ask(robust_server, INTENTIONS["wrong types"])
+    time.sleep(1.1)
+    _ask(robust_server, CORRECT)
+    lines = re.findall(
+        r"Kimi tool Enforcer: (\d+) requests, (\d+) blocked steps, (\d+) grammars",
+        robust_server.log_path.read_text(errors="replace"),
+    )
+    assert lines, robust_server.log_tail()
+    requests, blocked, grammars = map(int, lines[-1])
+    assert requests >= 2 and blocked >= 1 and grammars >= 1
+
+
+@pytest.mark.parametrize("intention", ["undeclared tool", "wrong types", "extra key"])
+def test_stock_parser_lets_them_through(stock_server, intention):
+    """The baseline: stock kimi_k2 with default flags constrains nothing."""
+    choice = _ask(stock_server, INTENTIONS[intention])
+    verdict = check_message(choice["message"], choice["finish_reason"], TOOLS)
+    assert not verdict.ok, choice
