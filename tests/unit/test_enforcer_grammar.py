@@ -108,14 +108,14 @@ TABLE = [
     ),
     (
         "items type",
-        props(["l"], l={"type": "array", "items": I}),
+        props(["l"], l={"type": "array", "items": INT}),
         '{"l": [1, "x"]}',
         False,
     ),
     ("nested required", props(["o"], o=props(["k"], k=S)), '{"o": {}}', False),
     ("nested ok", props(["o"], o=props(["k"], k=S)), '{"o": {"k": "v"}}', True),
-    ("anyOf", props(["v"], v={"anyOf": [S, I]}), '{"v": 3}', True),
-    ("anyOf miss", props(["v"], v={"anyOf": [S, I]}), '{"v": true}', False),
+    ("anyOf", props(["v"], v={"anyOf": [S, INT]}), '{"v": 3}', True),
+    ("anyOf miss", props(["v"], v={"anyOf": [S, INT]}), '{"v": true}', False),
     ("null union", props(["v"], v={"type": ["string", "null"]}), '{"v": null}', True),
     (
         "$ref",
