@@ -4,13 +4,8 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,40 +13,16 @@ import numpy as np
 from tests.conftest import SHARED
 from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, RequestEnforcer
 from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+from vllm_kimi_tools.testbed import corpora
 
-WALLE_CASES = SHARED / "anchors" / "walle" / "validator_cases"
+WALLE_DIR = SHARED / "anchors" / "walle"
 
 
 def walle_schemas() -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for path in sorted(WALLE_CASES.glob("*/valid.jsonl")):
-        for n, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                out.append((f"{path.parent.name}[{n}]", json.loads(line)))
-    return out
+    return corpora.walle_schemas(WALLE_DIR)
 
 
-def bfcl_functions(limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Function definitions from bfcl-eval's data (real-world tool schemas)."""
-    import bfcl_eval
-
-    data = Path(os.path.dirname(bfcl_eval.__file__)) / "data"
-    count = 0
-    for name in sorted(glob.glob(str(data / "BFCL_v4_*.json"))):
-        with open(name) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                functions = entry.get("function")
-                if not isinstance(functions, list):
-                    continue
-                for fn in functions:
-                    yield fn
-                    count += 1
-                    if limit is not None and count >= limit:
-                        return
+bfcl_functions = corpora.bfcl_functions
 
 
 def enforcer_for(store, tools: dict[str, Any], **kw: Any) -> RequestEnforcer:
