@@ -64,6 +64,7 @@ STRICTER = {
 TABLE = [
     ("required present", props(["a"], a=S), '{"a": "x"}', True),
     ("required missing", props(["a"], a=S, b=INT), '{"b": 1}', False),
+    ("declared order kept", props(["z", "a"], z=S, a=S), '{"z": "1", "a": "2"}', True),
     ("optional skipped", props(["b"], a=S, b=INT), '{"b": 1}', True),
     ("wrong type", props(["a"], a=INT), '{"a": "3"}', False),
     ("integer as float", props(["a"], a=INT), '{"a": 3.5}', False),

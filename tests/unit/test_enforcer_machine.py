@@ -145,3 +145,22 @@ def test_refused_token_turns_the_enforcer_off(grammar_store, kimi_tokenizer) -> 
     assert not enforcer.accept(grammar_store.table.markers.call_end)
     assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
     assert enforcer.directive(None) is None  # no mask any more
+
+
+def test_whitespace_runs_are_bounded(grammar_store, kimi_tokenizer) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS)
+    prefix = (
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        '<|tool_call_argument_begin|>{"city":'
+    )
+    assert drive(enforcer, kimi_tokenizer, prefix + " " * 19).ok
+    offered = [
+        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+    ]
+    assert any(t.startswith(" ") for t in offered)  # 19 blanks: one more is fine
+    assert drive(enforcer, kimi_tokenizer, " ").ok
+    offered = [
+        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+    ]
+    assert offered and not any(t[:1].isspace() for t in offered), offered
+    assert drive(enforcer, kimi_tokenizer, '"Oslo"}').ok

@@ -30,6 +30,7 @@ import regex
 Path = tuple[str | int, ...]
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
+_BLANKS = frozenset(b" \t\n\r")
 
 
 def count_chars(data: bytes) -> int:
@@ -52,6 +53,7 @@ class JsonCursor:
         self._escape = 0  # 0: none, -1: after backslash, n>0: hex digits left
         self._key_raw = bytearray()
         self.chars = 0
+        self.blank_run = 0  # whitespace characters in a row, outside strings
 
     @property
     def in_value_string(self) -> bool:
@@ -64,7 +66,9 @@ class JsonCursor:
         for b in data:
             if self.in_string:
                 self._string_byte(b)
-            elif b == 0x7B:  # {
+                continue
+            self.blank_run = self.blank_run + 1 if b in _BLANKS else 0
+            if b == 0x7B:  # {
                 self._stack.append([True, None, True])
             elif b == 0x5B:  # [
                 self._stack.append([False, 0, False])

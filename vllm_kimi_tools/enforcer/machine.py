@@ -17,7 +17,8 @@ It follows the Kimi K2 wire format token by token::
 * SECTION/BETWEEN/HEADER/AFTER: an explicit short list of allowed ids.
 * ARGS: the tool's xgrammar JSON grammar, with every special token cleared
   (so no marker is ever written inside a string) except ``<|tool_call_end|>``
-  once the object is complete, and string length bounds (:mod:`.lengths`).
+  once the object is complete, string length bounds (:mod:`.lengths`) and
+  whitespace runs of at most :data:`MAX_BLANK_RUN` characters.
 
 ``tool_choice="required"`` / named: the section must open right away (after
 an optional ``<think>…</think>``); named and ``parallel_tool_calls=false``
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     import xgrammar as xgr
 
     from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+
+# Longest whitespace run between JSON tokens: stops a model that keeps
+# writing blanks where the grammar allows them; never stops indentation.
+MAX_BLANK_RUN = 20
 
 
 class Phase(enum.Enum):
@@ -153,6 +159,8 @@ class RequestEnforcer:
         matcher.fill_next_token_bitmask(_as_torch(row))
         row &= self._table.special_clear_words
         cursor = self._cursor
+        if cursor is not None and cursor.blank_run >= MAX_BLANK_RUN:
+            row &= self._table.no_blank_start_words
         tool = self._by_name[self._tool] if self._tool else None
         if cursor is not None and tool and tool.lengths and cursor.in_value_string:
             bounds = string_bounds(tool.lengths, cursor.path())

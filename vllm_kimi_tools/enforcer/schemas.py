@@ -151,7 +151,8 @@ def _finish(schema: dict[str, Any], degraded: list[str]) -> PreparedSchema:
     grammar = copy.deepcopy(schema)
     bounded = _strip_lengths(grammar)
     return PreparedSchema(
-        grammar_json=json.dumps(grammar, sort_keys=True, separators=(",", ":")),
+        # Key order matters: properties are written in declared order.
+        grammar_json=json.dumps(grammar, separators=(",", ":")),
         schema=schema,
         degraded=degraded,
         has_length_bounds=bounded,

@@ -20,6 +20,8 @@ import numpy as np
 from vllm_kimi_tools import tokens as kt
 from vllm_kimi_tools.enforcer.lengths import LengthMasks
 
+_BLANK_STARTS = (b" ", b"\t", b"\n", b"\r")
+
 
 @dataclass(frozen=True)
 class Markers:
@@ -61,6 +63,7 @@ class TokenTable:
     special_ids: frozenset[int]
     _by_bytes: dict[bytes, list[int]] = field(init=False, repr=False)
     _special_clear: np.ndarray = field(init=False, repr=False)
+    _no_blank_start: np.ndarray = field(init=False, repr=False)
     _lengths: LengthMasks | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,11 @@ class TokenTable:
         bits = np.ones(n_words * 32, dtype=bool)
         bits[list(self.special_ids - {self.markers.call_end})] = False
         self._special_clear = np.packbits(bits, bitorder="little").view(np.int32)
+        # AND-mask words that clear tokens starting with whitespace.
+        bits = np.ones(n_words * 32, dtype=bool)
+        blank = [i for i, b in enumerate(self.token_bytes) if b[:1] in _BLANK_STARTS]
+        bits[blank] = False
+        self._no_blank_start = np.packbits(bits, bitorder="little").view(np.int32)
 
     @classmethod
     def build(
@@ -100,6 +108,10 @@ class TokenTable:
     @property
     def special_clear_words(self) -> np.ndarray:
         return self._special_clear
+
+    @property
+    def no_blank_start_words(self) -> np.ndarray:
+        return self._no_blank_start
 
     @property
     def lengths(self) -> LengthMasks:
