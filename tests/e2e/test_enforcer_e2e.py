@@ -164,6 +164,18 @@ def test_enforcer_can_be_turned_off_per_request(robust_server):
     assert calls and '"three"' in calls[0]["function"]["arguments"]
 
 
+def test_response_format_with_tools(robust_server):
+    """vLLM's response_format grammar and the Enforcer on one request: the
+    answer follows response_format; nothing breaks."""
+    choice = _ask(
+        robust_server,
+        '{"answer": 1}',
+        response_format={"type": "json_object"},
+    )
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == '{"answer": 1}'
+
+
 def test_unusable_schema_is_a_400(robust_server):
     status, reply = robust_server.post(
         "/v1/chat/completions",

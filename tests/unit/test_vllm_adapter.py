@@ -338,3 +338,45 @@ def test_thinking_switch_off_reaches_reasoning_parser(tinykimi) -> None:
     assert reasoning is None
     assert content == "Plain answer."
     assert [c.name for c in calls] == ["get_weather"]
+
+
+def test_enforcer_switches(monkeypatch) -> None:
+    """On by default with tools; off for tool_choice none, per request and
+    per server; an unusable schema is a ValueError (HTTP 400)."""
+    from vllm_kimi_tools._compat import ChatCompletionRequest
+    from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
+    from vllm_kimi_tools.tool_parser import attach_enforcer_spec, wants_enforcer
+
+    def request(**kw):
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {"name": "f", "parameters": {"type": "object"}},
+                }
+            ],
+            **kw,
+        }
+        return ChatCompletionRequest(**body)
+
+    req = request()
+    assert wants_enforcer(req)
+    attach_enforcer_spec(req)
+    assert EnforcerSpec.from_json(req.vllm_xargs[SPEC_KEY]).names() == ["f"]
+    assert not wants_enforcer(request(tool_choice="none"))
+    assert not wants_enforcer(request(vllm_xargs={"kimi_tools_enforce": "off"}))
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_ENFORCER", "0")
+    assert not wants_enforcer(request())
+    monkeypatch.delenv("VLLM_KIMI_TOOLS_ENFORCER")
+    bad = request(
+        tools=[
+            {
+                "type": "function",
+                "function": {"name": "g", "parameters": {"type": "array"}},
+            }
+        ]
+    )
+    with pytest.raises(ValueError, match="tool 'g'"):
+        attach_enforcer_spec(bad)
