@@ -9,7 +9,8 @@ a chat request becomes, before and after the chat-template hook.
 ``vllm serve --tool-call-parser kimi_k2_robust`` on CPU and sends one chat
 request with tools. The test-bed puppet makes the model write a call the way
 Kimi K2 sometimes does (a history-style id ``get_weather:7``, no
-``functions.`` prefix); the response shows what a client receives.
+``functions.`` prefix), respecting the Enforcer's masks as a real model
+would; the response shows what a client receives.
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ def _demo(args: argparse.Namespace) -> int:
             "tools": DEMO_TOOLS,
             "max_tokens": 64,
             "temperature": 0,
-            "vllm_xargs": {"puppet_script": script},
+            # Like a real model, the puppet respects the Enforcer's masks.
+            "vllm_xargs": {"puppet_script": script, "puppet_mode": "intend"},
         }
-        print("\nmodel output (scripted):", DEMO_OUTPUT)
+        print("\nmodel intends to write (scripted):", DEMO_OUTPUT)
         status, body = server.post("/v1/chat/completions", request)
         if status != 200:
             print(f"request failed: HTTP {status}: {body}", file=sys.stderr)
