@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import xgrammar as xgr
+from results_io import save_results
 from transformers import AutoTokenizer
 
 from vllm_kimi_tools.cli import cache_dir
@@ -234,12 +235,7 @@ def main() -> int:
         "xgrammar_threads": 2,
         "rows": rows,
     }
-    table = render(result)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "enforcer_component.json").write_text(json.dumps(result, indent=2))
-        (args.out / "enforcer_component.md").write_text(table)
+    save_results(args.out, "enforcer_component", result, render(result))
     return 0
 
 

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from results_io import save_results
+
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.cli import cache_dir
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
@@ -178,12 +180,7 @@ def main() -> int:
         "ratio_enforcer_over_stock_strict": rows["enforcer"]["tokens_per_s_median"]
         / strict,
     }
-    table = render(result)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "enforcer_engine.json").write_text(json.dumps(result, indent=2))
-        (args.out / "enforcer_engine.md").write_text(table)
+    save_results(args.out, "enforcer_engine", result, render(result))
     return 0
 
 

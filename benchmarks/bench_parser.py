@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_io import save_results
+
 from vllm_kimi_tools import register
 from vllm_kimi_tools.cli import cache_dir
 from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
@@ -402,14 +404,7 @@ def main() -> int:
         "correctness_totals": totals,
         "speed": speed(tokenizer, classes, args.repeats),
     }
-    md = _markdown(report)
-    print(md)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "parser_benchmark.json").write_text(
-            json.dumps(report, indent=2, default=str) + "\n"
-        )
-        (args.out / "parser_benchmark.md").write_text(md)
+    save_results(args.out, "parser_benchmark", report, _markdown(report))
     return 0
 
 

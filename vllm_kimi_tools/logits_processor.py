@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,12 +82,10 @@ def _constrained_elsewhere(params: Any) -> bool:
 class _Request:
     spec: EnforcerSpec
     guarded: bool
-    thinking: bool = False
-    enforcer: RequestEnforcer | None = None
+    enforcer: RequestEnforcer | None = None  # built on first use
     output: list[int] | None = None  # V1: the runner's live list
     consumed: int = 0
-    replay: bool = True  # V2: history not read yet
-    counted: bool = field(default=False)
+    stood_down: bool = False
 
 
 class _StoreLoader:
@@ -144,6 +142,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._blocked: torch.Tensor | None = None
         self._last_log = time.monotonic()
         self._log_interval = float(os.environ.get(LOG_INTERVAL_ENV, "10"))
+        self._compile_s = 0.0  # compile seconds already counted
         self._warned: set[str] = set()
 
     # -- both interfaces ---------------------------------------------------
@@ -164,25 +163,27 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             return None
         return _Request(spec, guarded=_constrained_elsewhere(params))
 
-    def _enforcer(self, req: _Request) -> RequestEnforcer | None:
+    def _enforcer(self, req: _Request) -> RequestEnforcer:
+        """The request's enforcer (phase OFF once it stood down)."""
         if req.enforcer is None:
             store = self._loader.get()
             if store is None:
                 self._stand_down(req, f"unavailable ({self._loader.problem})")
-                return None
-            req.enforcer = RequestEnforcer(req.spec, store, thinking=req.thinking)
-        if not req.counted:
-            req.counted = True
-            metrics.inc(metrics.ENFORCED_REQUESTS_TOTAL)
+            else:
+                req.enforcer = RequestEnforcer(req.spec, store)
+                metrics.inc(metrics.ENFORCED_REQUESTS_TOTAL)
+        assert req.enforcer is not None
         return req.enforcer
 
     def _stand_down(self, req: _Request, reason: str) -> None:
-        if req.enforcer is not None and req.enforcer.phase is Phase.OFF:
+        """Stop enforcing ``req``; counted, and logged once per kind."""
+        if req.stood_down:
             return
-        if req.enforcer is not None:
-            req.enforcer.stop(reason)
-        else:
+        req.stood_down = True
+        if req.enforcer is None:
             req.enforcer = _OFF
+        elif req.enforcer.phase is not Phase.OFF:
+            req.enforcer.stop(reason)
         label = reason.split(" ", 1)[0]
         metrics.inc(metrics.STOOD_DOWN_TOTAL, 1, label)
         if label not in self._warned:
@@ -191,7 +192,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def _accept(self, req: _Request, tokens: list[int]) -> None:
         enforcer = self._enforcer(req)
-        if enforcer is None or enforcer.phase is Phase.OFF:
+        if enforcer.phase is Phase.OFF:
             return
         for token in tokens:
             if token < 0:
@@ -220,8 +221,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         fill_rows: list[int] = []
         active: list[tuple[int, _Request]] = []
         for row, req in rows:
-            enforcer = req.enforcer
-            if enforcer is None or enforcer.phase is Phase.OFF:
+            enforcer = self._enforcer(req)
+            if enforcer.phase is Phase.OFF:
                 continue
             directive = enforcer.directive(bitmask[row])
             if isinstance(directive, Ban):
@@ -324,9 +325,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         store = self._loader.store
         if store is not None:
             seconds = store.stats.compile_seconds
-            metrics.inc(
-                metrics.COMPILE_SECONDS_TOTAL, seconds - getattr(self, "_compile_s", 0)
-            )
+            metrics.inc(metrics.COMPILE_SECONDS_TOTAL, seconds - self._compile_s)
             self._compile_s = seconds
 
     # -- V1 runner ---------------------------------------------------------
@@ -339,7 +338,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             req = self._new_request(params)
             if req is not None:
                 req.output = output
-                req.thinking = False
             return req
 
         process_dict_updates(self._requests, batch_update, new_state)
@@ -361,8 +359,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             if len(output) > req.consumed:
                 self._accept(req, output[req.consumed :])
                 req.consumed = len(output)
-            elif self._enforcer(req) is None:
-                continue
             rows.append((row, req))
         self._mask(logits, rows)
         return logits
@@ -413,8 +409,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                     )
                 self._accept(req, [*history, tok])
                 req.consumed = written
-            elif self._enforcer(req) is None:
-                continue
             enforced.append((row, req))
         self._mask(logits, enforced)
         return logits

@@ -60,18 +60,6 @@ def history_tool_call_count(request: Any) -> int:
     return count_history_tool_calls(request)
 
 
-def request_tool_specs(request: Any) -> list[ToolSpec]:
-    """Function tools declared in a Chat Completions or Responses request."""
-    specs: list[ToolSpec] = []
-    for tool in getattr(request, "tools", None) or []:
-        function = getattr(tool, "function", None)
-        if function is not None:  # Chat Completions
-            specs.append(ToolSpec(function.name, function.parameters))
-        elif getattr(tool, "type", None) == "function":  # Responses
-            specs.append(ToolSpec(tool.name, getattr(tool, "parameters", None)))
-    return specs
-
-
 # Server-wide switch for the Enforcer (on unless "0"/"false"/"off"/"no").
 ENFORCER_ENV = "VLLM_KIMI_TOOLS_ENFORCER"
 
@@ -96,6 +84,11 @@ def request_tool_decls(request: Any) -> list[ToolDecl]:
                 )
             )
     return decls
+
+
+def request_tool_specs(request: Any) -> list[ToolSpec]:
+    """Function tools declared in a Chat Completions or Responses request."""
+    return [ToolSpec(d.name, d.parameters) for d in request_tool_decls(request)]
 
 
 def named_tool_choice(request: Any) -> str | None:
@@ -128,7 +121,7 @@ def attach_enforcer_spec(request: Any) -> None:
     spec, notes = build_spec(
         request_tool_decls(request),
         first_index=history_tool_call_count(request),
-        choice="auto" if named else choice,
+        choice=choice,
         named=named,
         parallel=request.parallel_tool_calls is not False,
     )

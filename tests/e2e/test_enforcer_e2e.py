@@ -85,7 +85,10 @@ CORRECT = "Checking." + section(
 )
 
 
-def _ask(server: VllmServer, output: str, **kw: Any) -> dict[str, Any]:
+def _ask(
+    server: VllmServer, output: str, xargs: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
+    """The model intends ``output``; ``xargs`` adds to ``vllm_xargs``."""
     closers = [server.tokenize(t)[0] for t in CLOSERS]
     body = {
         "model": "tinykimi",
@@ -97,6 +100,7 @@ def _ask(server: VllmServer, output: str, **kw: Any) -> dict[str, Any]:
             "puppet_script": server.tokenize(output + tokens.IM_END),
             "puppet_mode": "intend",
             "puppet_closers": closers,
+            **(xargs or {}),
         },
         **kw,
     }
@@ -131,36 +135,11 @@ def test_correct_calls_pass_unaltered(robust_server):
 
 
 def test_enforcer_can_be_turned_off_per_request(robust_server):
-    choice = (
-        _ask(
-            robust_server,
-            INTENTIONS["wrong types"],
-            vllm_xargs=None,  # replaced below
-        )
-        if False
-        else None
+    choice = _ask(
+        robust_server, INTENTIONS["wrong types"], xargs={"kimi_tools_enforce": "off"}
     )
-    del choice
-    closers = [robust_server.tokenize(t)[0] for t in CLOSERS]
-    body = {
-        "model": "tinykimi",
-        "messages": [{"role": "user", "content": "hi"}],
-        "tools": TOOLS,
-        "max_tokens": 120,
-        "temperature": 0,
-        "vllm_xargs": {
-            "puppet_script": robust_server.tokenize(
-                INTENTIONS["wrong types"] + tokens.IM_END
-            ),
-            "puppet_mode": "intend",
-            "puppet_closers": closers,
-            "kimi_tools_enforce": "off",
-        },
-    }
-    status, reply = robust_server.post("/v1/chat/completions", body)
-    assert status == 200
     # Unconstrained, the model writes its schema-invalid call as intended.
-    calls = reply["choices"][0]["message"]["tool_calls"]
+    calls = choice["message"]["tool_calls"]
     assert calls and '"three"' in calls[0]["function"]["arguments"]
 
 

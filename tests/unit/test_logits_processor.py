@@ -164,6 +164,20 @@ def test_v1_async_placeholder_stands_down(grammar_store, m) -> None:
     assert lp._requests[0].enforcer.phase.value == "off"
 
 
+def test_v1_contradicting_token_stands_down_counted(grammar_store, m) -> None:
+    lp = processor(grammar_store)
+    out: list[int] = []
+    lp.update_state(update(added=[(0, params(), [1], out)], size=1))
+    lp.apply(torch.zeros(1, V))
+    key = f"{metrics.STOOD_DOWN_TOTAL}{{rejected:}}"
+    before = metrics.counts().get(key, 0)
+    out.append(m.call_end)  # sampled although the Enforcer banned it
+    logits = torch.zeros(1, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V
+    assert metrics.counts()[key] == before + 1
+
+
 def test_validate_params_refuses_a_broken_spec() -> None:
     with pytest.raises(ValueError):
         KimiToolEnforcer.validate_params(SamplingParams(extra_args={SPEC_KEY: "{"}))

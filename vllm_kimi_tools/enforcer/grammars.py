@@ -11,6 +11,7 @@ on. The cache is bounded (``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -25,7 +26,8 @@ import xgrammar as xgr
 from vllm_kimi_tools.enforcer.schemas import ANY_OBJECT
 from vllm_kimi_tools.enforcer.vocab import TokenTable
 
-ANY_OBJECT_KEY = '{"type":"object"}'
+# The same text prepare_schema gives a `strict: false` tool: one cache entry.
+ANY_OBJECT_KEY = json.dumps(ANY_OBJECT, separators=(",", ":"))
 CACHE_MB_ENV = "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB"
 
 
@@ -94,10 +96,6 @@ class GrammarStore:
                 if key in self._ready or key in self._pending or key in self.failed:
                     continue
                 self._pending[key] = self._pool.submit(self._compile_and_store, key)
-
-    def ready(self, key: str) -> bool:
-        with self._lock:
-            return key in self._ready or key in self.failed
 
     def get(self, key: str) -> xgr.CompiledGrammar:
         """The compiled grammar, compiling now if it is not ready yet.
@@ -169,12 +167,8 @@ class GrammarStore:
             self.get(key), override_stop_tokens=[self.table.markers.call_end]
         )
 
-    def memory_bytes(self) -> int:
-        with self._lock:
-            return self._ready_bytes
-
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ANY_OBJECT", "CompileStats", "GrammarStore"]
+__all__ = ["ANY_OBJECT_KEY", "CompileStats", "GrammarStore"]

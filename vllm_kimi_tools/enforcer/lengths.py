@@ -30,7 +30,8 @@ import regex
 Path = tuple[str | int, ...]
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
-_BLANKS = frozenset(b" \t\n\r")
+# JSON whitespace bytes.
+BLANKS = frozenset(b" \t\n\r")
 
 
 def count_chars(data: bytes) -> int:
@@ -67,7 +68,7 @@ class JsonCursor:
             if self.in_string:
                 self._string_byte(b)
                 continue
-            self.blank_run = self.blank_run + 1 if b in _BLANKS else 0
+            self.blank_run = self.blank_run + 1 if b in BLANKS else 0
             if b == 0x7B:  # {
                 self._stack.append([True, None, True])
             elif b == 0x5B:  # [

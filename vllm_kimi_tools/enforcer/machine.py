@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vllm_kimi_tools.enforcer.lengths import JsonCursor, string_bounds
+from vllm_kimi_tools.enforcer.lengths import Bounds, JsonCursor, Path, string_bounds
 from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec
 
 if TYPE_CHECKING:
@@ -81,15 +81,9 @@ Directive = Ban | Only | Fill | None
 
 
 class RequestEnforcer:
-    """Token-level state machine for one request (pure: no vLLM, no torch)."""
+    """Token-level state machine for one request (pure: no vLLM)."""
 
-    def __init__(
-        self,
-        spec: EnforcerSpec,
-        grammars: GrammarStore,
-        *,
-        thinking: bool = False,
-    ) -> None:
+    def __init__(self, spec: EnforcerSpec, grammars: GrammarStore) -> None:
         self.spec = spec
         self._store = grammars
         self._table = grammars.table
@@ -98,21 +92,24 @@ class RequestEnforcer:
         self._by_name = {tool.name: tool for tool in spec.tools}
         self.calls = 0
         self.tokens = 0
-        self.blocked_steps = 0
         self.off_reason: str | None = None
         self._forced = spec.choice != AUTO
         self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
-        self.phase = Phase.THINK if thinking else Phase.TEXT
+        self.phase = Phase.TEXT
         self._header = b""
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
+        # Length bounds by JSON path, per tool (the schema walk is not free).
+        self._bounds: dict[tuple[str, Path], Bounds | None] = {}
         grammars.prefetch(tool.grammar for tool in spec.tools)
-        markup = m.tool_markup()
-        think = tuple(i for i in (m.think_begin, m.think_end) if i is not None)
-        self._ban_text = Ban(markup + think)
-        self._ban_text_first = Ban(markup + tuple(i for i in (m.think_end,) if i))
-        self._ban_think = Ban(markup + tuple(i for i in (m.think_begin,) if i))
+
+        def ban(*ids: int | None) -> Ban:
+            return Ban(m.tool_markup() + tuple(i for i in ids if i is not None))
+
+        self._ban_text = ban(m.think_begin, m.think_end)
+        self._ban_text_first = ban(m.think_end)
+        self._ban_think = ban(m.think_begin)
 
     # -- what may come next ------------------------------------------------
 
@@ -163,7 +160,10 @@ class RequestEnforcer:
             row &= self._table.no_blank_start_words
         tool = self._by_name[self._tool] if self._tool else None
         if cursor is not None and tool and tool.lengths and cursor.in_value_string:
-            bounds = string_bounds(tool.lengths, cursor.path())
+            key = (tool.name, cursor.path())
+            if key not in self._bounds:
+                self._bounds[key] = string_bounds(tool.lengths, key[1])
+            bounds = self._bounds[key]
             if bounds is not None:
                 row &= self._table.lengths.words(cursor.chars, bounds)
 
@@ -192,72 +192,62 @@ class RequestEnforcer:
         self._matcher = None
 
     def _advance(self, token: int) -> bool:
-        m, phase = self._m, self.phase
-        if phase in (Phase.TEXT, Phase.THINK):
-            directive = self.directive()
-            if isinstance(directive, Ban) and token in directive.ids:
-                return False
-            if isinstance(directive, Only) and token not in directive.ids:
-                return False
-            if token == m.section_begin:
-                self.phase = Phase.SECTION
-            elif token == m.think_begin:
-                self.phase = Phase.THINK
-            elif token == m.think_end:
-                self.phase = Phase.TEXT
-            return True
-        if phase is Phase.SECTION:
+        m = self._m
+        if self.phase is Phase.HEADER:
+            return self._advance_header(token)
+        if self.phase is Phase.ARGS:
+            return self._advance_args(token)
+        # Every other phase allows a fixed list: the directive is the rule.
+        directive = self.directive()
+        if isinstance(directive, Ban) and token in directive.ids:
+            return False
+        if isinstance(directive, Only) and token not in directive.ids:
+            return False
+        if token == m.section_begin:
+            self.phase = Phase.SECTION
+        elif token == m.think_begin:
+            self.phase = Phase.THINK
+        elif token == m.think_end:
+            self.phase = Phase.TEXT
+        elif token == m.call_begin:
             self.phase = Phase.HEADER
             self._header = b""
-            return token == m.call_begin
-        if phase is Phase.BETWEEN:
-            directive = self.directive()
-            assert isinstance(directive, Only)
-            if token not in directive.ids:
+        elif token == m.section_end:
+            self.phase = Phase.AFTER
+        return True
+
+    def _advance_header(self, token: int) -> bool:
+        targets = self._header_targets()
+        if token == self._m.argument_begin:
+            if self._header not in targets:
                 return False
-            self.phase = Phase.HEADER if token == m.call_begin else Phase.AFTER
-            self._header = b""
-            return True
-        if phase is Phase.AFTER:
-            return token in m.stops
-        if phase is Phase.HEADER:
-            targets = self._header_targets()
-            if token == m.argument_begin:
-                if self._header not in targets:
-                    return False
-                name = (
-                    self._header.decode().removeprefix("functions.").rpartition(":")[0]
-                )
-                self._tool = name
-                self._matcher = None
-                self.phase = Phase.ARGS
-                return True
-            data = (
-                self._table.token_bytes[token]
-                if token < self._table.vocab_size
-                else b""
+            self._tool = (
+                self._header.decode().removeprefix("functions.").rpartition(":")[0]
             )
-            grown = self._header + data
-            if not data or token in self._table.special_ids:
-                return False
-            if not any(t.startswith(grown) for t in targets):
-                return False
-            self._header = grown
+            self._matcher = None
+            self.phase = Phase.ARGS
             return True
-        if phase is Phase.ARGS:
-            matcher = self._ensure_matcher()
-            if not matcher.accept_token(token):
-                return False
-            if token == m.call_end:
-                self.calls += 1
-                self.phase = Phase.BETWEEN
-                self._matcher = None
-                self._cursor = None
-                self._tool = None
-            else:
-                assert self._cursor is not None
-                self._cursor.feed(self._table.token_bytes[token])
-            return True
+        if token >= self._table.vocab_size or token in self._table.special_ids:
+            return False
+        data = self._table.token_bytes[token]
+        grown = self._header + data
+        if not data or not any(t.startswith(grown) for t in targets):
+            return False
+        self._header = grown
+        return True
+
+    def _advance_args(self, token: int) -> bool:
+        if not self._ensure_matcher().accept_token(token):
+            return False
+        if token == self._m.call_end:
+            self.calls += 1
+            self.phase = Phase.BETWEEN
+            self._matcher = None
+            self._cursor = None
+            self._tool = None
+        else:
+            assert self._cursor is not None
+            self._cursor.feed(self._table.token_bytes[token])
         return True
 
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vllm_kimi_tools import tokens as kt
-from vllm_kimi_tools.enforcer.lengths import LengthMasks
-
-_BLANK_STARTS = (b" ", b"\t", b"\n", b"\r")
+from vllm_kimi_tools.enforcer.lengths import BLANKS, LengthMasks
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class TokenTable:
         self._special_clear = np.packbits(bits, bitorder="little").view(np.int32)
         # AND-mask words that clear tokens starting with whitespace.
         bits = np.ones(n_words * 32, dtype=bool)
-        blank = [i for i, b in enumerate(self.token_bytes) if b[:1] in _BLANK_STARTS]
+        blank = [i for i, b in enumerate(self.token_bytes) if b and b[0] in BLANKS]
         bits[blank] = False
         self._no_blank_start = np.packbits(bits, bitorder="little").view(np.int32)
 
@@ -93,11 +91,7 @@ class TokenTable:
     ) -> TokenTable:
         markers = Markers.from_vocab(vocab)
         specials = set(special_ids)
-        specials.update(
-            getattr(markers, name)
-            for name in ("section_begin", "section_end", "call_begin")
-        )
-        specials.update((markers.argument_begin, markers.call_end, *markers.stops))
+        specials.update((*markers.tool_markup(), markers.section_begin, *markers.stops))
         specials.update(i for i in (markers.think_begin, markers.think_end) if i)
         return cls(list(token_bytes), markers, frozenset(specials))
 
