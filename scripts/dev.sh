@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh demo    # serve the tiny Kimi-format model, one tool call
 #   bash scripts/dev.sh test    # lint + unit tests + e2e tests through vllm serve
 #   bash scripts/dev.sh bench   # parser benchmark vs vLLM's built-in kimi_k2
+#   bash scripts/dev.sh k2vv    # K2VV simulation: stock vLLM vs kimi_k2_robust
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -17,5 +18,6 @@ case "$cmd" in
     .venv/bin/ruff format --check vllm_kimi_tools tests benchmarks examples
     exec "$PY" -m pytest "$@" ;;
   bench) exec "$PY" benchmarks/bench_parser.py --out benchmarks/results "$@" ;;
-  *) echo "unknown command: $cmd (demo|test|bench)" >&2; exit 2 ;;
+  k2vv)  exec "$PY" benchmarks/bench_k2vv.py --out benchmarks/results "$@" ;;
+  *) echo "unknown command: $cmd (demo|test|bench|k2vv)" >&2; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ SHIM="$SITE/vllm-0.32.0+cpu.dist-info"
 mkdir -p "$SHIM"
 printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$SHIM/METADATA"
 : > "$SHIM/RECORD"
-"${PIP[@]}" install -e ".[test]"
+"${PIP[@]}" install -e ".[test,bench]"
 # BFCL's real-world tool schemas and answers (data files only; its runtime
 # dependencies are not needed to read them).
 "${PIP[@]}" install --no-deps "bfcl-eval==2026.3.23"

@@ -7,7 +7,8 @@
 * ``vllm_kimi_tools:enforcer_degraded_schemas_total``: tool schemas compiled
   to a looser grammar than they state (API server).
 * ``vllm_kimi_tools:enforcer_requests_total``, ``..._blocked_tokens_total``
-  (steps where the Enforcer changed the model's first choice),
+  (steps where the Enforcer changed the model's first choice; estimated
+  from one step in ``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``),
   ``..._compile_seconds_total``, ``..._stood_down_total{reason}``: the
   Enforcer in the engine. They reach ``/metrics`` when the engine runs in the
   API server's process; the Enforcer also logs them periodically.

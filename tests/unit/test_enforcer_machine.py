@@ -50,8 +50,7 @@ def ids(tok, *texts: str) -> list[int]:
         (section(call("get_weather", 1)), {}, False),
         (section(call("get_weather", 0)), {"first_index": 3}, False),
         (section(call("get_weather", 3)), {"first_index": 3}, True),
-        # stray or bare markup in text; text after the section
-        ("a<|tool_call_begin|>", {}, False),
+        # stray markup in text; text after the section
         ("a<|tool_call_end|>", {}, False),
         ("a<|tool_calls_section_end|>", {}, False),
         (section(call("get_weather", 0)) + "more", {}, False),
@@ -61,7 +60,15 @@ def ids(tok, *texts: str) -> list[int]:
         # thinking: only as the first thing, calls may follow it
         ("<think>hm</think>" + section(call("get_weather", 0)), {}, True),
         ("hi<think>", {}, False),
-        ("<think>a<|tool_call_begin|>", {}, False),
+        # a bare call (no section wrapper) opens an implicit section, which
+        # may end with the turn; in thinking it ends the thinking
+        ("a" + call("get_weather", 0) + "<|im_end|>", {}, True),
+        ("a" + call("get_weather", 0) + "<|tool_calls_section_end|>", {}, True),
+        ("a" + call("get_weather", 0) + call("search", 1, "{}"), {}, True),
+        ("a" + call("get_time", 0), {}, False),
+        ("<think>a" + call("get_weather", 0) + "<|im_end|>", {}, True),
+        (section(call("get_weather", 0)) + "<|tool_call_begin|>", {}, False),
+        ("a" + call("get_weather", 0) + "more", {}, False),
         ("<think>a" + section(call("get_weather", 0)), {}, True),
         # required / named / parallel_tool_calls=false
         ("text first", {"choice": "required"}, False),

@@ -85,7 +85,6 @@ def test_v1_add_mask_move_remove(grammar_store, m) -> None:
     lp.apply(logits)
     banned = set(range(V)) - finite(logits[0])
     assert banned == {
-        m.call_begin,
         m.argument_begin,
         m.call_end,
         m.section_end,
@@ -107,6 +106,26 @@ def test_v1_add_mask_move_remove(grammar_store, m) -> None:
     logits = torch.zeros(2, V)
     lp.apply(logits)
     assert len(finite(logits[0])) == V == len(finite(logits[1]))
+
+
+@pytest.mark.parametrize("every", [1, 4, 0])
+def test_blocked_steps_are_sampled_and_scaled(grammar_store, m, monkeypatch, every):
+    """The model's first choice is blocked on every step here (it wants
+    ``[EOS]`` where only markers may come); it is measured on one step in
+    ``every`` and scaled, so 8 steps count 8 (or 0 when switched off)."""
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", str(every))
+    lp = processor(grammar_store)
+    output: list[int] = [m.section_begin]
+    lp.update_state(update(added=[(0, params(), [1], output)], size=1))
+    before = metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0)
+    for _ in range(8):
+        logits = torch.zeros(1, V)
+        logits[0, 163_585] = 5.0  # [EOS]: not allowed in an open section
+        lp.apply(logits)
+        assert finite(logits[0]) == {m.call_begin}
+    lp.flush_metrics()
+    counted = metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0) - before
+    assert counted == (8 if every else 0)
 
 
 def test_v1_preempted_request_is_replayed_on_re_add(grammar_store, kimi_tokenizer, m):
@@ -216,7 +235,7 @@ def test_v2_slots_history_and_resume(grammar_store, kimi_tokenizer, m) -> None:
     logits = torch.zeros(2, V)
     lp.apply(logits, ctx_for([5, 3], [4, 9], [7, 7]))
     assert len(finite(logits[0])) == V
-    assert m.call_begin not in finite(logits[1])
+    assert m.call_end not in finite(logits[1])
 
     # Decode: the newest token (section begin) arrives in input_ids.
     logits = torch.zeros(2, V)

@@ -13,7 +13,9 @@ It follows the Kimi K2 wire format token by token::
      ▼ <|im_end|>                          └───┘ <|tool_call_begin|> (parallel)
 
 * TEXT/THINK: anything but tool markup outside its place (free text costs
-  nothing: a handful of banned ids, no grammar).
+  nothing: a handful of banned ids, no grammar). A bare
+  ``<|tool_call_begin|>`` opens an implicit section, which may end with the
+  turn (``<|im_end|>``) as well as with ``<|tool_calls_section_end|>``.
 * SECTION/BETWEEN/HEADER/AFTER: an explicit short list of allowed ids.
 * ARGS: the tool's xgrammar JSON grammar, with every special token cleared
   (so no marker is ever written inside a string) except ``<|tool_call_end|>``
@@ -96,6 +98,7 @@ class RequestEnforcer:
         self._forced = spec.choice != AUTO
         self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
         self.phase = Phase.TEXT
+        self._implicit = False  # the section began with a bare call
         self._header = b""
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
@@ -104,8 +107,12 @@ class RequestEnforcer:
         self._bounds: dict[tuple[str, Path], Bounds | None] = {}
         grammars.prefetch(tool.grammar for tool in spec.tools)
 
+        # A bare ``<|tool_call_begin|>`` (no section wrapper, B14) opens an
+        # implicit section: the parser recovers such calls, so it is allowed.
+        outside = tuple(t for t in m.tool_markup() if t != m.call_begin)
+
         def ban(*ids: int | None) -> Ban:
-            return Ban(m.tool_markup() + tuple(i for i in ids if i is not None))
+            return Ban(outside + tuple(i for i in ids if i is not None))
 
         self._ban_text = ban(m.think_begin, m.think_end)
         self._ban_text_first = ban(m.think_end)
@@ -129,9 +136,11 @@ class RequestEnforcer:
         if phase is Phase.SECTION:
             return Only((m.call_begin,))
         if phase is Phase.BETWEEN:
+            # An implicit section may also end with the turn.
+            ends = (m.section_end, *m.stops) if self._implicit else (m.section_end,)
             if self._max_calls is not None and self.calls >= self._max_calls:
-                return Only((m.section_end,))
-            return Only((m.section_end, m.call_begin))
+                return Only(ends)
+            return Only((*ends, m.call_begin))
         if phase is Phase.AFTER:
             return Only(m.stops)
         if phase is Phase.HEADER:
@@ -210,6 +219,8 @@ class RequestEnforcer:
         elif token == m.think_end:
             self.phase = Phase.TEXT
         elif token == m.call_begin:
+            if self.phase in (Phase.TEXT, Phase.THINK):
+                self._implicit = True
             self.phase = Phase.HEADER
             self._header = b""
         elif token == m.section_end:

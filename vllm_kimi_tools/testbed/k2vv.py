@@ -89,8 +89,53 @@ def check_message(
         name = (call.get("function") or {}).get("name")
         if not match or match["name"] != name or int(match["idx"]) != first_index + i:
             verdict.problems.append(f"non-canonical id {call_id!r} for {name!r}")
-    for text in (message.get("content"), message.get("reasoning_content")):
+    texts = (message.get(k) for k in ("content", "reasoning", "reasoning_content"))
+    for text in texts:
         for marker in MARKUP:
             if text and marker in text:
                 verdict.problems.append(f"markup {marker} leaked into the text")
     return verdict
+
+
+def accumulate_stream(events: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    """A streamed reply as one message, the way K2VV accumulates it: text
+    concatenated, tool calls keyed by ``index`` (id and name kept, argument
+    pieces appended), the last non-null ``finish_reason``.
+
+    Returns ``(message, finish_reason)``.
+    """
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish_reason = None
+    for event in events:
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content.append(delta.get("content") or "")
+            reasoning.append(
+                delta.get("reasoning") or delta.get("reasoning_content") or ""
+            )
+            for piece in delta.get("tool_calls") or []:
+                slot = calls.setdefault(
+                    piece.get("index", len(calls)),
+                    {
+                        "id": None,
+                        "type": "function",
+                        "function": {"name": None, "arguments": ""},
+                    },
+                )
+                if piece.get("id"):
+                    slot["id"] = piece["id"]
+                function = piece.get("function") or {}
+                if function.get("name"):
+                    slot["function"]["name"] = function["name"]
+                slot["function"]["arguments"] += function.get("arguments") or ""
+            if choice.get("finish_reason") is not None:
+                finish_reason = choice["finish_reason"]
+    message = {
+        "role": "assistant",
+        "content": "".join(content) or None,
+        "reasoning": "".join(reasoning) or None,
+        "tool_calls": [calls[i] for i in sorted(calls)],
+    }
+    return message, finish_reason

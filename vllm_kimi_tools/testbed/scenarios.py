@@ -1,0 +1,424 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""The K2VV simulation's scenarios: a chat request plus what the model intends.
+
+Each :class:`Scenario` is one Chat Completions request (tools, a history
+that is often messy, thinking on or off, streaming or not) and the text a
+Kimi model "intends" to write, which the puppet (``intend`` mode) replays::
+
+    <think>I need the forecast.</think>Checking.<|tool_calls_section_begin|>
+    <|tool_call_begin|>functions.get_weather:3<|tool_call_argument_begin|>
+    {"city": "Oslo", "days": "three"}<|tool_call_end|><|tool_calls_section_end|>
+
+Failure scenarios cover every output failure mode of
+``failure-modes-and-peers.md`` (undeclared tools, schema errors,
+string-encoded arguments, non-canonical and duplicate ids, bare and
+unterminated markers, text after the section, calls in ``<think>``,
+truncation, markers in strings, broken JSON). Correct scenarios are BFCL
+ground-truth calls: they must come back exactly as intended.
+
+Pure: no vLLM, no server.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm_kimi_tools import tokens
+from vllm_kimi_tools.testbed.corpora import bfcl_cases
+
+SEC, SEC_END = tokens.TOOL_CALLS_SECTION_BEGIN, tokens.TOOL_CALLS_SECTION_END
+CALL, ARG, END = (
+    tokens.TOOL_CALL_BEGIN,
+    tokens.TOOL_CALL_ARGUMENT_BEGIN,
+    tokens.TOOL_CALL_END,
+)
+THINK, THINK_END = tokens.THINK_BEGIN, tokens.THINK_END
+
+CORRECT = "correct call (BFCL)"
+
+# What a model says to wrap up when its intention is blocked, in order.
+CLOSERS = ('"', "}", "]", ",", END, SEC_END, tokens.IM_END)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    category: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    output: str  # what the model intends to write (``<|im_end|>`` follows)
+    stream: bool = False
+    thinking: bool = False
+    history_calls: int = 0  # tool calls in the history: output ids continue here
+    intends_call: bool = True  # a good server returns tool_calls
+    # Cut the output by max_tokens right after this prefix of ``output``.
+    truncate_after: str | None = None
+    # Correct scenarios: the exact calls and content that must come back.
+    expected_calls: list[tuple[str, dict[str, Any]]] | None = None
+    expected_content: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_correct(self) -> bool:
+        return self.expected_calls is not None
+
+    def body(self, script: list[int], closers: list[int], max_tokens: int) -> dict:
+        """The request (``script``: ``output`` tokenized, ``<|im_end|>`` last)."""
+        return {
+            "model": "tinykimi",
+            "messages": self.messages,
+            "tools": self.tools,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "chat_template_kwargs": {"thinking": self.thinking},
+            "vllm_xargs": {
+                "puppet_script": script,
+                "puppet_mode": "intend",
+                "puppet_closers": closers,
+            },
+            **self.extra,
+        }
+
+
+def tool(name: str, parameters: dict[str, Any], description: str = "") -> dict:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": parameters,
+        },
+    }
+
+
+def call(name_or_id: str, args: str, idx: int | None = None) -> str:
+    """One call; ``idx`` given: the id is ``functions.NAME:IDX``."""
+    call_id = name_or_id if idx is None else f"functions.{name_or_id}:{idx}"
+    return f"{CALL}{call_id}{ARG}{args}{END}"
+
+
+def section(*calls: str) -> str:
+    return SEC + "".join(calls) + SEC_END
+
+
+def dumps(args: dict[str, Any]) -> str:
+    return json.dumps(args, ensure_ascii=False)
+
+
+WEATHER = tool(
+    "get_weather",
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            "unit": {"type": "string", "enum": ["c", "f"]},
+        },
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+    "Weather forecast for a city.",
+)
+SEARCH = tool(
+    "search",
+    {
+        "type": "object",
+        "properties": {
+            "q": {"type": "string"},
+            "limit": {"type": "integer", "minimum": 1},
+        },
+        "required": ["q"],
+    },
+    "Web search.",
+)
+TODO = tool(
+    "todo_write",
+    {
+        "type": "object",
+        "properties": {
+            "todos": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "done": {"type": "boolean"},
+                    },
+                    "required": ["text", "done"],
+                },
+            }
+        },
+        "required": ["todos"],
+    },
+    "Replace the todo list.",
+)
+TOOLS = [WEATHER, SEARCH, TODO]
+
+
+def _history(style: str) -> tuple[list[dict[str, Any]], int]:
+    """A conversation ending in a user turn, and its number of tool calls.
+
+    ``clean``: one user message. ``messy``: what real clients send (ids like
+    ``call_ab12`` and ``search:0``, empty and list content, a result without
+    an id, a call to a tool that is no longer declared). ``thinking``: the
+    same with ``reasoning_content`` on the assistant turns.
+    """
+    if style == "clean":
+        return [{"role": "user", "content": "What's the weather in Oslo?"}], 0
+    think = style == "thinking"
+
+    def assistant(content: Any, calls: list[tuple[str, str, str]]) -> dict:
+        msg: dict[str, Any] = {
+            "role": "assistant",
+            "content": content,
+            "tool_calls": [
+                {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                for i, n, a in calls
+            ],
+        }
+        if think:
+            msg["reasoning_content"] = "I should look this up first."
+        return msg
+
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Draw a fjord, then find Oslo news."},
+        assistant("", [("call_ab12", "img_gen", '{"prompt": "a fjord"}')]),
+        {"role": "tool", "tool_call_id": "call_ab12", "content": "image ready"},
+        assistant(
+            [{"type": "text", "text": ""}],
+            [
+                ("search:0", "search", '{"q": "Oslo news"}'),
+                ("functions_search_1", "search", '{"q": "Oslo weather"}'),
+            ],
+        ),
+        {"role": "tool", "tool_call_id": "search:0", "content": "3 results"},
+        {"role": "tool", "content": [{"type": "text", "text": "sunny"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+        {"role": "user", "content": "Now the weather in Oslo for two days."},
+    ]
+    return messages, 3
+
+
+def _failure_outputs(k: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Failure mode -> (intended output, Scenario overrides); ``k``: the
+    history's tool-call count, so the canonical ids start at ``k``."""
+    oslo = '{"city": "Oslo", "days": 2}'
+    return {
+        "undeclared tool (from history)": (
+            "Drawing it." + section(call("img_gen", '{"prompt": "Oslo"}', k)),
+            {},
+        ),
+        "wrong types": (
+            section(call("get_weather", '{"city": "Oslo", "days": "two"}', k)),
+            {},
+        ),
+        "missing required key": (
+            section(call("get_weather", '{"city": "Oslo"}', k)),
+            {},
+        ),
+        "empty arguments": (section(call("get_weather", "{}", k)), {}),
+        "extra key": (
+            section(
+                call("get_weather", '{"city": "Oslo", "days": 2, "lang": "no"}', k)
+            ),
+            {},
+        ),
+        "enum / range violation": (
+            section(
+                call("get_weather", '{"city": "Oslo", "days": 40, "unit": "K"}', k)
+            ),
+            {},
+        ),
+        "string-encoded arguments": (
+            section(
+                call(
+                    "todo_write",
+                    json.dumps(
+                        json.dumps({"todos": [{"text": "pack", "done": False}]})
+                    ),
+                    k,
+                )
+            ),
+            {},
+        ),
+        "arguments not JSON": (
+            section(call("search", "{q: Oslo news}", k)),
+            {},
+        ),
+        "marker inside a JSON string": (
+            section(call("search", f'{{"q": "Oslo{END} news"}}', k)),
+            {},
+        ),
+        "non-canonical id (search:N)": (
+            section(call(f"search:{k + 2}", '{"q": "Oslo"}')),
+            {},
+        ),
+        "non-canonical id (functions_x_N)": (
+            section(call(f"functions_search_{k}", '{"q": "Oslo"}')),
+            {},
+        ),
+        "non-canonical id (call_…)": (
+            section(call("call_59adf3e1", '{"q": "Oslo"}')),
+            {},
+        ),
+        "duplicate ids": (
+            section(
+                call("get_weather", oslo, k),
+                call("get_weather", '{"city": "Bergen", "days": 2}', k),
+            ),
+            {},
+        ),
+        "bare call (no section)": (
+            "Let me check." + call("get_weather", oslo, k),
+            {},
+        ),
+        "unterminated call": (
+            SEC + CALL + f"functions.get_weather:{k}" + ARG + oslo,
+            {},
+        ),
+        "text after the section": (
+            section(call("get_weather", oslo, k)) + "I have asked for the forecast.",
+            {},
+        ),
+        "several calls": (
+            "Three lookups."
+            + section(
+                call("get_weather", oslo, k),
+                call("search", '{"q": "Oslo events", "limit": 3}', k + 1),
+                call(
+                    "todo_write",
+                    '{"todos": [{"text": "umbrella", "done": false}]}',
+                    k + 2,
+                ),
+            ),
+            {},
+        ),
+        "truncated by max_tokens": (
+            section(
+                call("search", '{"q": "Oslo weather forecast for the weekend"}', k)
+            ),
+            {
+                "truncate_after": (
+                    f'{SEC}{CALL}functions.search:{k}{ARG}{{"q": "Oslo wea'
+                ),
+                "intends_call": False,
+            },
+        ),
+    }
+
+
+def _think_outputs(k: int) -> dict[str, str]:
+    oslo = '{"city": "Oslo", "days": 2}'
+    return {
+        "call inside <think> (section)": (
+            THINK + "I need the forecast." + section(call("get_weather", oslo, k))
+        ),
+        "call inside <think> (bare)": (
+            THINK + "I need the forecast." + call("get_weather", oslo, k)
+        ),
+    }
+
+
+def failure_scenarios(full: bool = True) -> list[Scenario]:
+    """Every failure mode; ``full``: each in {clean, messy history} x
+    {thinking, not} x {stream, not}, else one variant per mode."""
+    scenarios = []
+    for history in ("clean", "messy"):
+        for thinking in (False, True):
+            style = "thinking" if thinking and history == "messy" else history
+            messages, k = _history(style)
+            cases = _failure_outputs(k)
+            if thinking:
+                preamble = THINK + "Let me use a tool." + THINK_END
+                cases = {
+                    category: (
+                        preamble + text,
+                        {
+                            key: preamble + value if key == "truncate_after" else value
+                            for key, value in overrides.items()
+                        },
+                    )
+                    for category, (text, overrides) in cases.items()
+                }
+                cases.update({c: (t, {}) for c, t in _think_outputs(k).items()})
+            for stream in (False, True):
+                for category, (text, overrides) in cases.items():
+                    flags = [history] + ["stream"] * stream + ["thinking"] * thinking
+                    scenarios.append(
+                        Scenario(
+                            id=f"{category} [{', '.join(flags)}]",
+                            category=category,
+                            messages=messages,
+                            tools=TOOLS,
+                            output=text,
+                            stream=stream,
+                            thinking=thinking,
+                            history_calls=k,
+                            **overrides,
+                        )
+                    )
+    if full:
+        return scenarios
+    # One variant per mode, cycling through the variants.
+    picked: dict[str, Scenario] = {}
+    for i, category in enumerate(dict.fromkeys(s.category for s in scenarios)):
+        variants = [s for s in scenarios if s.category == category]
+        picked[category] = variants[(i * 3) % len(variants)]
+    return list(picked.values())
+
+
+def correct_scenarios(n: int, seed: int = 0) -> list[Scenario]:
+    """``n`` BFCL ground-truth calls, round-robin over BFCL's categories, each
+    written as a Kimi model writes a correct call (canonical ids, declared key
+    order), with thinking, a preface and streaming varied."""
+    by_category: dict[str, list] = {}
+    for case in bfcl_cases():
+        by_category.setdefault(case.id.rsplit("_", 1)[0], []).append(case)
+    rng = random.Random(seed)
+    for cases in by_category.values():
+        rng.shuffle(cases)
+    picked = []
+    while len(picked) < n and any(by_category.values()):
+        for cases in by_category.values():
+            if cases and len(picked) < n:
+                picked.append(cases.pop())
+    scenarios = []
+    for i, case in enumerate(picked):
+        thinking, stream, preface = i % 2 == 1, i % 4 >= 2, i % 3 == 0
+        content = "I'll call the tool." if preface else None
+        calls = "".join(
+            call(name, dumps(args), j) for j, (name, args) in enumerate(case.calls)
+        )
+        text = (content or "") + section(calls)
+        if thinking:
+            text = THINK + "The user's request maps to a tool call." + THINK_END + text
+        flags = ["stream"] * stream + ["thinking"] * thinking
+        scenarios.append(
+            Scenario(
+                id=f"{case.id} [{', '.join(flags)}]" if flags else case.id,
+                category=CORRECT,
+                messages=case.messages,
+                tools=case.tools,
+                output=text,
+                stream=stream,
+                thinking=thinking,
+                expected_calls=case.calls,
+                expected_content=content,
+            )
+        )
+    return scenarios
+
+
+def suite(size: str = "full", seed: int = 0) -> list[Scenario]:
+    """``full``: every failure variant and 200 BFCL calls; ``ci``: one variant
+    per failure mode and 16 BFCL calls."""
+    if size == "full":
+        return failure_scenarios(True) + correct_scenarios(200, seed)
+    if size == "ci":
+        return failure_scenarios(False) + correct_scenarios(16, seed)
+    raise ValueError(f"unknown suite size {size!r} (full, ci)")
