@@ -199,7 +199,13 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     configs = result["configs"]
     names = list(configs)
-    labels = [configs[n]["label"].replace(" --", "\n--") for n in names]
+    labels = [
+        configs[n]["label"]
+        .replace(" (", "\n(")
+        .replace(" --", "\n--")
+        .replace(" parameter", "\nparameter")
+        for n in names
+    ]
     categories = list(configs[names[0]]["by_category"])
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(15, 7), gridspec_kw={"width_ratios": [1, 2.6]}
@@ -219,23 +225,29 @@ def chart(result: dict[str, Any], path: Path) -> None:
         for category in categories:
             cat = configs[n]["by_category"].get(category, {"n": 0, "failed": 0})
             rates.append(100 * cat["failed"] / cat["n"] if cat["n"] else 0)
-        right.barh(
+        bars = right.barh(
             [y + i * width for y in range(len(categories))],
             rates,
             height=width,
             label=configs[n]["label"],
             color=["#c44", "#d92", "#393"][i % 3],
         )
+        counts = [
+            "{failed}/{n}".format(**configs[n]["by_category"][c]) for c in categories
+        ]
+        right.bar_label(bars, counts, fontsize=6, padding=2)
     right.set_yticks(
         [y + width * (len(names) - 1) / 2 for y in range(len(categories))],
         categories,
         fontsize=8,
     )
     right.invert_yaxis()
-    right.set_xlim(0, 100)
+    right.set_xlim(0, 108)
     right.set_xlabel("responses failed (%)")
     right.set_title("Failures by failure mode")
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(
+        fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(names)
+    )
     fig.suptitle(
         f"K2VV simulation through vllm serve (CPU, test-bed model, "
         f"{result['scenarios']} scenarios)"

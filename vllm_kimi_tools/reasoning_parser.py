@@ -12,7 +12,15 @@ without the section wrapper::
 vLLM's ``kimi_k2`` reasoning parser ends thinking only at ``</think>`` or
 ``<|tool_calls_section_begin|>``, so this call stays in ``reasoning_content``
 with its markup. Here ``<|tool_call_begin|>`` ends thinking too, and the call
-reaches the tool parser. Use with::
+reaches the tool parser.
+
+Streaming also needs to know whether thinking is still open when the prompt
+ends. vLLM scans the prompt backwards for a reasoning end; for Kimi that
+includes ``<|tool_calls_section_begin|>``, so any earlier tool call in the
+history makes vLLM 0.32 decide thinking is over before the turn starts, and
+the whole thinking streams as ``content``, ``<think>`` included. Here the scan
+stops at the start of the current turn (``<|im_assistant|>``, the other role
+markers and ``<|im_end|>`` are turn boundaries). Use with::
 
     --reasoning-parser kimi_k2_robust --tool-call-parser kimi_k2_robust
 """
@@ -32,7 +40,16 @@ from vllm_kimi_tools._compat import (
     kimi_k2_config,
     make_adapters,
 )
-from vllm_kimi_tools.tokens import TOOL_CALL_BEGIN
+from vllm_kimi_tools.tokens import (
+    IM_ASSISTANT,
+    IM_END,
+    IM_SYSTEM,
+    IM_USER,
+    TOOL_CALL_BEGIN,
+)
+
+# A reasoning end before one of these belongs to an earlier turn.
+TURN_BOUNDARIES = (IM_ASSISTANT, IM_USER, IM_SYSTEM, IM_END)
 
 
 @functools.cache
@@ -45,7 +62,12 @@ def robust_config(thinking: bool) -> Any:
         ParserState.TOOL_NAME,
         (EventType.REASONING_END, EventType.TOOL_CALL_START),
     )
-    return dataclasses.replace(config, name=PARSER_NAME, transitions=transitions)
+    return dataclasses.replace(
+        config,
+        name=PARSER_NAME,
+        transitions=transitions,
+        turn_boundary_tokens=frozenset(TURN_BOUNDARIES),
+    )
 
 
 class KimiK2RobustParser(KimiK2Parser):

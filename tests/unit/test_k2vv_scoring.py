@@ -215,6 +215,13 @@ def test_judge_altered_correct_call() -> None:
     assert "altered" in judge(s, bad, "tool_calls").failures
     extra = _message((f"functions.{name}:0", name, json.dumps(args)), content="hmm")
     assert "altered" in judge(s, extra, "tool_calls").failures
+    thinking = next(c for c in correct_scenarios(4) if c.thinking)
+    calls = [(f"functions.{n}:{i}", n, json.dumps(a))
+             for i, (n, a) in enumerate(thinking.expected_calls)]  # fmt: skip
+    message = _message(*calls, content=thinking.expected_content)
+    assert "altered" in judge(thinking, message, "tool_calls").failures  # lost
+    message["reasoning"] = thinking.expected_reasoning
+    assert judge(thinking, message, "tool_calls").ok
 
 
 def test_summary_counts_like_k2vv(scenario) -> None:

@@ -311,6 +311,55 @@ def test_stock_reasoning_parser_leaks_bare_call_into_reasoning(tinykimi) -> None
     assert CALL in reasoning and not calls
 
 
+def _history_prompt(tok: Any) -> list[int]:
+    """A rendered prompt whose history holds a tool call (and so a
+    ``<|tool_calls_section_begin|>``), ending with the generation prompt."""
+    text = (
+        "<|im_user|>user<|im_middle|>weather?<|im_end|>"
+        "<|im_assistant|>assistant<|im_middle|>"
+        + section(call("get_weather:0", {"city": "a"}))
+        + "<|im_end|><|im_system|>tool<|im_middle|>sunny<|im_end|>"
+        "<|im_user|>user<|im_middle|>and tomorrow?<|im_end|>"
+        "<|im_assistant|>assistant<|im_middle|>"
+    )
+    return tok.encode(text, add_special_tokens=False)
+
+
+@pytest.mark.parametrize(
+    ("reasoning_parser", "streamed_as_reasoning"),
+    [("kimi_k2_robust", True), ("kimi_k2", False)],
+)
+def test_thinking_after_a_tool_call_history_streams_as_reasoning(
+    tinykimi, reasoning_parser, streamed_as_reasoning
+) -> None:
+    """vLLM 0.32's prompt scan finds the history's section marker and decides
+    thinking already ended, so the thinking streams as content, ``<think>``
+    included; kimi_k2_robust stops the scan at the current turn."""
+    tok, cls = _composed(tinykimi, reasoning_parser)
+    request = _request()
+    prompt = _history_prompt(tok)
+    parser = cls(tok, request.tools)
+    assert parser.is_reasoning_end(prompt) is not streamed_as_reasoning
+    text = "<think>hmm</think>ok"
+    ids = tok.encode(text, add_special_tokens=False)
+    reasoning, content = "", ""
+    for i, token in enumerate(ids):
+        delta = parser.parse_delta(
+            tok.decode([token]),
+            [token],
+            request,
+            prompt_token_ids=prompt,
+            finished=i == len(ids) - 1,
+        )
+        if delta is not None:
+            reasoning += delta.reasoning or ""
+            content += delta.content or ""
+    if streamed_as_reasoning:
+        assert (reasoning, content) == ("hmm", "ok")
+    else:  # the stock behaviour this fixes
+        assert "<think>" in content and not reasoning
+
+
 def test_parser_refuses_to_start_without_render_hook(monkeypatch, tokenizer) -> None:
     from vllm.renderers.registry import RENDERER_REGISTRY
 

@@ -10,7 +10,8 @@ format checker) against that tool's ``parameters``; an empty
 responses / responses with ``finish_reason == "tool_calls"``.
 
 Ours, on top: ids canonical (``functions.NAME:IDX``) and unique, no Kimi
-markup in ``content``.
+markup (tool and chat markers, ``<think>``/``</think>``) in ``content`` or
+``reasoning``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ from typing import Any
 import jsonschema
 import regex
 
-from vllm_kimi_tools.tokens import CHAT_CONTROL_TOKENS, REQUIRED_TOOL_TOKENS
+from vllm_kimi_tools.tokens import (
+    CHAT_CONTROL_TOKENS,
+    REQUIRED_TOOL_TOKENS,
+    THINK_BEGIN,
+    THINK_END,
+)
 
 CANONICAL_ID = regex.compile(r"functions\.(?P<name>.+):(?P<idx>\d+)")
-MARKUP = (*REQUIRED_TOOL_TOKENS, *CHAT_CONTROL_TOKENS)
+MARKUP = (*REQUIRED_TOOL_TOKENS, *CHAT_CONTROL_TOKENS, THINK_BEGIN, THINK_END)
 
 
 @dataclass

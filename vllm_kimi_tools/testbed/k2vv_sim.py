@@ -13,7 +13,8 @@ rules (:mod:`.k2vv`) plus ours. A reply fails with one or more of:
   history, or a duplicate;
 * ``markup leaked``: Kimi markup in ``content`` or ``reasoning``;
 * ``call lost``: the model wrote a call and no ``tool_calls`` came back;
-* ``altered``: a correct (BFCL) call or its content came back different;
+* ``altered``: a correct (BFCL) call, its content or its reasoning came back
+  different;
 * ``http error``: the server did not answer 200.
 """
 
@@ -229,9 +230,16 @@ def judge(
             )
         )
         content = message.get("content") or ""
-        if not same_calls or content != (scenario.expected_content or ""):
+        reasoning = message.get("reasoning") or message.get("reasoning_content")
+        if (
+            not same_calls
+            or content != (scenario.expected_content or "")
+            or (reasoning or None) != scenario.expected_reasoning
+        ):
             tags.append("altered")
-            result.details.append(f"got calls {got}, content {content!r}")
+            result.details.append(
+                f"got calls {got}, content {content!r}, reasoning {reasoning!r}"
+            )
     return result
 
 

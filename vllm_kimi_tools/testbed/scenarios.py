@@ -60,6 +60,7 @@ class Scenario:
     # Correct scenarios: the exact calls and content that must come back.
     expected_calls: list[tuple[str, dict[str, Any]]] | None = None
     expected_content: str | None = None
+    expected_reasoning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -395,8 +396,9 @@ def correct_scenarios(n: int, seed: int = 0) -> list[Scenario]:
             call(name, dumps(args), j) for j, (name, args) in enumerate(case.calls)
         )
         text = (content or "") + section(calls)
+        reasoning = "The user's request maps to a tool call." if thinking else None
         if thinking:
-            text = THINK + "The user's request maps to a tool call." + THINK_END + text
+            text = THINK + reasoning + THINK_END + text
         flags = ["stream"] * stream + ["thinking"] * thinking
         scenarios.append(
             Scenario(
@@ -409,6 +411,7 @@ def correct_scenarios(n: int, seed: int = 0) -> list[Scenario]:
                 thinking=thinking,
                 expected_calls=case.calls,
                 expected_content=content,
+                expected_reasoning=reasoning,
             )
         )
     return scenarios
