@@ -16,6 +16,7 @@ import pytest
 from tests.kimi_text import openai_tool, section
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.testbed.k2vv import check_message
+from vllm_kimi_tools.testbed.scenarios import CLOSERS
 from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +41,6 @@ TOOLS = [
         {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
     ),
 ]
-CLOSERS = (
-    '"',
-    "}",
-    "]",
-    ",",
-    tokens.TOOL_CALL_END,
-    tokens.TOOL_CALLS_SECTION_END,
-    tokens.IM_END,
-)
 
 
 def call(name: str, args: str, idx: int = 0) -> str:
