@@ -97,11 +97,7 @@ def main() -> int:
     ap.add_argument("--render", type=Path, default=None)
     args = ap.parse_args()
     if args.render is not None:
-        result = json.loads(args.render.read_text())
-        add_ratios(result)
-        save_results(args.out, "k2vv_sim", result, render(result))
-        if args.out is not None:
-            chart(result, args.out / "k2vv_sim.png")
+        write(json.loads(args.render.read_text()), args.out)
         return 0
     model = ensure_tinykimi(cache_dir() / "tinykimi")
     scenarios = suite(args.size)
@@ -114,11 +110,16 @@ def main() -> int:
         "concurrency": args.concurrency,
         "configs": configs,
     }
-    add_ratios(result)
-    save_results(args.out, "k2vv_sim", result, render(result))
-    if args.out is not None:
-        chart(result, args.out / "k2vv_sim.png")
+    write(result, args.out)
     return 0
+
+
+def write(result: dict[str, Any], out: Path | None) -> None:
+    """Print the table; with ``out``, also write the JSON, table and chart."""
+    add_ratios(result)
+    save_results(out, "k2vv_sim", result, render(result))
+    if out is not None:
+        chart(result, out / "k2vv_sim.png")
 
 
 def add_ratios(result: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from tests.kimi_text import openai_tool, section
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.testbed.k2vv import check_message
-from vllm_kimi_tools.testbed.scenarios import CLOSERS
+from vllm_kimi_tools.testbed.scenarios import CLOSERS, call
 from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
@@ -43,36 +43,29 @@ TOOLS = [
 ]
 
 
-def call(name: str, args: str, idx: int = 0) -> str:
-    return (
-        f"{tokens.TOOL_CALL_BEGIN}functions.{name}:{idx}"
-        f"{tokens.TOOL_CALL_ARGUMENT_BEGIN}{args}{tokens.TOOL_CALL_END}"
-    )
-
-
 # name -> what the model intends to write
 INTENTIONS = {
-    "undeclared tool": section(call("get_time", '{"tz": "UTC"}')),
-    "wrong types": section(call("get_weather", '{"city": "Oslo", "days": "three"}')),
-    "missing required key": section(call("get_weather", '{"city": "Oslo"}')),
+    "undeclared tool": section(call("get_time", '{"tz": "UTC"}', 0)),
+    "wrong types": section(call("get_weather", '{"city": "Oslo", "days": "three"}', 0)),
+    "missing required key": section(call("get_weather", '{"city": "Oslo"}', 0)),
     "extra key": section(
-        call("get_weather", '{"city": "Oslo", "days": 2, "lang": "en"}')
+        call("get_weather", '{"city": "Oslo", "days": 2, "lang": "en"}', 0)
     ),
     "marker inside a string": section(
-        call("get_weather", f'{{"city": "Os{tokens.TOOL_CALL_END}lo", "days": 2}}')
+        call("get_weather", f'{{"city": "Os{tokens.TOOL_CALL_END}lo", "days": 2}}', 0)
     ),
     "string too long": section(
-        call("get_weather", '{"city": "Llanfairpwllgwyngyll", "days": 2}')
+        call("get_weather", '{"city": "Llanfairpwllgwyngyll", "days": 2}', 0)
     ),
-    "out of range": section(call("get_weather", '{"city": "Oslo", "days": 40}')),
+    "out of range": section(call("get_weather", '{"city": "Oslo", "days": 40}', 0)),
     "non-canonical id": section(
         f"{tokens.TOOL_CALL_BEGIN}search:2{tokens.TOOL_CALL_ARGUMENT_BEGIN}"
         f'{{"q": "news"}}{tokens.TOOL_CALL_END}'
     ),
-    "string-encoded arguments": section(call("search", '"{\\"q\\": \\"news\\"}"')),
+    "string-encoded arguments": section(call("search", '"{\\"q\\": \\"news\\"}"', 0)),
 }
 CORRECT = "Checking." + section(
-    call("get_weather", '{"city": "Oslo", "days": 2, "unit": "c"}'),
+    call("get_weather", '{"city": "Oslo", "days": 2, "unit": "c"}', 0),
     call("search", '{"q": "Oslo news"}', 1),
 )
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from tests.kimi_text import (
     section,
 )
 from vllm_kimi_tools import tokens
+from vllm_kimi_tools.testbed.k2vv import accumulate_stream
 from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
@@ -78,29 +80,20 @@ def _chat(server: VllmServer, output: str, **kw: Any) -> dict[str, Any]:
 def _chat_stream(server: VllmServer, output: str, **kw: Any) -> dict[str, Any]:
     """Accumulate a streamed response the way K2VV's evaluator does."""
     events = server.stream("/v1/chat/completions", _body(server, output, **kw))
-    content, calls, finish = "", {}, None
-    for event in events:
-        for choice in event.get("choices", []):
-            delta = choice.get("delta") or {}
-            content += delta.get("content") or ""
-            for tc in delta.get("tool_calls") or []:
-                slot = calls.setdefault(tc["index"], {"id": None, "name": None})
-                if tc.get("id"):
-                    assert slot["id"] is None, "id sent twice"
-                    slot["id"] = tc["id"]
-                fn = tc.get("function") or {}
-                if fn.get("name"):
-                    assert slot["name"] is None, "name sent twice"
-                    slot["name"] = fn["name"]
-                slot["arguments"] = slot.get("arguments", "") + (
-                    fn.get("arguments") or ""
-                )
-            finish = choice.get("finish_reason") or finish
-    return {
-        "content": content or None,
-        "tool_calls": [calls[i] for i in sorted(calls)],
-        "finish_reason": finish,
-    }
+    sent = Counter(
+        (tc["index"], key)
+        for event in events
+        for choice in event.get("choices", [])
+        for tc in (choice.get("delta") or {}).get("tool_calls") or []
+        for key, value in (
+            ("id", tc.get("id")),
+            ("name", (tc.get("function") or {}).get("name")),
+        )
+        if value
+    )
+    assert all(n == 1 for n in sent.values()), f"id or name sent twice: {sent}"
+    message, finish = accumulate_stream(events)
+    return {**message, "finish_reason": finish}
 
 
 def _summary(choice: dict[str, Any]) -> tuple:

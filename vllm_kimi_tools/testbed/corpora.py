@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vllm_kimi_tools.enforcer.schemas import TYPE_ALIASES
+
 
 def walle_schemas(walle_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
@@ -92,8 +94,6 @@ def openai_name(name: str) -> str:
 
 def json_schema_from_bfcl(node: Any) -> Any:
     """BFCL's parameter schema as standard JSON Schema."""
-    from vllm_kimi_tools.enforcer.schemas import TYPE_ALIASES
-
     if isinstance(node, list):
         return [json_schema_from_bfcl(n) for n in node]
     if not isinstance(node, dict):

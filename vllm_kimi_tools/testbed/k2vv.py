@@ -32,6 +32,9 @@ from vllm_kimi_tools.tokens import (
 
 CANONICAL_ID = regex.compile(r"functions\.(?P<name>.+):(?P<idx>\d+)")
 MARKUP = (*REQUIRED_TOOL_TOKENS, *CHAT_CONTROL_TOKENS, THINK_BEGIN, THINK_END)
+# How each of our problems starts (K2VV's own start with the tool name).
+ID_PROBLEMS = ("duplicate ids", "non-canonical id")
+MARKUP_PROBLEM = "markup "
 
 
 @dataclass
@@ -89,17 +92,19 @@ def check_message(
         verdict.problems.extend(errors if calls else ["tool_calls without calls"])
     ids = [c.get("id") for c in calls]
     if len(set(ids)) != len(ids):
-        verdict.problems.append(f"duplicate ids {ids}")
+        verdict.problems.append(f"{ID_PROBLEMS[0]} {ids}")
     for i, (call, call_id) in enumerate(zip(calls, ids)):
         match = CANONICAL_ID.fullmatch(call_id or "")
         name = (call.get("function") or {}).get("name")
         if not match or match["name"] != name or int(match["idx"]) != first_index + i:
-            verdict.problems.append(f"non-canonical id {call_id!r} for {name!r}")
+            verdict.problems.append(f"{ID_PROBLEMS[1]} {call_id!r} for {name!r}")
     texts = (message.get(k) for k in ("content", "reasoning", "reasoning_content"))
     for text in texts:
         for marker in MARKUP:
             if text and marker in text:
-                verdict.problems.append(f"markup {marker} leaked into the text")
+                verdict.problems.append(
+                    f"{MARKUP_PROBLEM}{marker} leaked into the text"
+                )
     return verdict
 
 

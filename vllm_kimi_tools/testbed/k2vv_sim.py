@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import accumulate_stream, check_message
+from vllm_kimi_tools.testbed.k2vv import (
+    ID_PROBLEMS,
+    MARKUP_PROBLEM,
+    accumulate_stream,
+    check_message,
+)
 from vllm_kimi_tools.testbed.scenarios import CLOSERS, Scenario
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
 
@@ -215,9 +220,9 @@ def judge(
     tags = result.failures
     if verdict.k2vv_valid is False:
         tags.append("schema error")
-    if any("id" in p for p in verdict.problems):
+    if any(p.startswith(ID_PROBLEMS) for p in verdict.problems):
         tags.append("bad id")
-    if any("markup" in p for p in verdict.problems):
+    if any(p.startswith(MARKUP_PROBLEM) for p in verdict.problems):
         tags.append("markup leaked")
     if scenario.intends_call and not calls:
         tags.append("call lost")

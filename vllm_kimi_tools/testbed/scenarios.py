@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vllm_kimi_tools import tokens
@@ -61,7 +61,6 @@ class Scenario:
     expected_calls: list[tuple[str, dict[str, Any]]] | None = None
     expected_content: str | None = None
     expected_reasoning: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_correct(self) -> bool:
@@ -81,7 +80,6 @@ class Scenario:
                 "puppet_mode": "intend",
                 "puppet_closers": closers,
             },
-            **self.extra,
         }
 
 
