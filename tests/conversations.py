@@ -124,3 +124,20 @@ def with_string_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]
             if not isinstance(args, str):
                 tc["function"]["arguments"] = json.dumps(args, separators=(",", ":"))
     return out
+
+
+def with_reasoning(
+    messages: list[dict[str, Any]], field: str = "reasoning_content"
+) -> list[dict[str, Any]]:
+    """Give every assistant turn ``Thought N.`` in ``field``: clients send
+    ``reasoning_content`` (Moonshot's API), vLLM 0.32 reads ``reasoning``."""
+    out = [dict(m) for m in messages]
+    turns = (m for m in out if m.get("role") == "assistant")
+    for i, message in enumerate(turns):
+        message[field] = f"Thought {i}."
+    return out
+
+
+# The same conversations with reasoning on every assistant turn.
+MESSY_REASONING = with_reasoning(MESSY, "reasoning_content")
+CANONICAL_REASONING = with_reasoning(CANONICAL, "reasoning")

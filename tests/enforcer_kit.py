@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""Helpers to drive the Enforcer token by token with the tiny Kimi tokenizer."""
+"""Helpers to drive the Enforcer token by token with a Kimi tokenizer (the
+test bed's: Moonshot's real one when ../shared has it, else synthetic)."""
 
 from __future__ import annotations
 

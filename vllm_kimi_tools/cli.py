@@ -69,12 +69,13 @@ def cache_dir() -> Path:
 
 def _demo(args: argparse.Namespace) -> int:
     from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
-    from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+    from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
 
     cache = cache_dir()
     t0 = time.monotonic()
     model = ensure_tinykimi(cache / "tinykimi")
     print(f"model: {model} (ready in {time.monotonic() - t0:.1f}s)")
+    print(f"tokenizer: {describe(model)}")
     serve_args = [
         "--enable-auto-tool-choice",
         "--tool-call-parser",

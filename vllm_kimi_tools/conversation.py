@@ -27,6 +27,7 @@ replaced by equal lists.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +104,13 @@ def normalize_messages(
     # original id -> canonical ids not yet answered, in call order
     by_id: dict[str, list[str]] = {}
     names: dict[str, str] = {}  # canonical id -> tool name
-    unanswered: list[str] = []  # canonical ids of the last assistant turn
+    # Canonical ids of the last assistant turn not answered yet (ordered).
+    unanswered: OrderedDict[str, None] = OrderedDict()
+    blocks: dict[int, _Block] = {}  # tool-result blocks, by first index
+    starts: list[int] = []  # where each message's run of tool results began
+    for i, message in enumerate(messages):
+        follows = i > 0 and starts and messages[i - 1].get("role") == "tool"
+        starts.append(starts[-1] if follows and message.get("role") == "tool" else i)
     counter = 0
 
     for i, message in enumerate(messages):
@@ -122,7 +129,7 @@ def normalize_messages(
                 msg["reasoning"] = reasoning
 
         if role == "assistant" and msg.get("tool_calls"):
-            unanswered = []
+            unanswered = OrderedDict()
             calls = []
             for call in msg["tool_calls"]:
                 call = dict(call)
@@ -142,11 +149,13 @@ def normalize_messages(
                 call["function"] = function
                 calls.append(call)
                 names[canonical] = name
-                unanswered.append(canonical)
+                unanswered[canonical] = None
             msg["tool_calls"] = calls
         elif role == "tool":
             original = msg.get("tool_call_id")
-            canonical = _match_result(original, by_id, unanswered, messages, i, report)
+            canonical = _match_result(
+                original, by_id, unanswered, messages, i, blocks, starts, report
+            )
             if canonical is None:
                 guess = msg.get("name")
                 if not isinstance(guess, str) or not guess:
@@ -159,8 +168,7 @@ def normalize_messages(
                 counter += 1
                 names[canonical] = guess
                 report.orphan_results.append(str(original))
-            if canonical in unanswered:
-                unanswered.remove(canonical)
+            unanswered.pop(canonical, None)
             msg["tool_call_id"] = canonical
             if not msg.get("name"):
                 msg["name"] = names[canonical]
@@ -170,12 +178,41 @@ def normalize_messages(
     return out, report
 
 
+@dataclass(slots=True)
+class _Block:
+    """A run of tool results: may its unknown ids be matched by position?"""
+
+    by_order: bool
+    end: int
+
+
+def _block(
+    messages: Sequence[Mapping[str, Any]], start: int, by_id: dict[str, list[str]]
+) -> _Block:
+    end = start
+    while end + 1 < len(messages) and messages[end + 1].get("role") == "tool":
+        end += 1
+    ids = {str(messages[j].get("tool_call_id")) for j in range(start, end + 1)}
+    unknown = sum(
+        1
+        for j in range(start, end + 1)
+        if str(messages[j].get("tool_call_id")) not in by_id
+    )
+    if start == 0 or messages[start - 1].get("role") != "assistant":
+        return _Block(False, end)
+    turn = [c.get("id") for c in messages[start - 1].get("tool_calls") or []]
+    answered_by_id = sum(1 for t in turn if isinstance(t, str) and t in ids)
+    return _Block(unknown == len(turn) - answered_by_id, end)
+
+
 def _match_result(
     original: Any,
     by_id: dict[str, list[str]],
-    unanswered: list[str],
+    unanswered: dict[str, None],
     messages: Sequence[Mapping[str, Any]],
     index: int,
+    blocks: dict[int, _Block],
+    block_starts: Sequence[int],
     report: NormalizationReport,
 ) -> str | None:
     if isinstance(original, str) and by_id.get(original):
@@ -188,23 +225,14 @@ def _match_result(
         return queue.pop(0)
     # Unknown id: match by position only when the whole block of results has
     # exactly as many unknown ids as its assistant turn has calls that no
-    # known id answers.
-    start = index
-    while start > 0 and messages[start - 1].get("role") == "tool":
-        start -= 1
-    end = index
-    while end + 1 < len(messages) and messages[end + 1].get("role") == "tool":
-        end += 1
-    block = [str(messages[j].get("tool_call_id")) for j in range(start, end + 1)]
-    unknown = [j for j, tid in zip(range(start, end + 1), block) if tid not in by_id]
-    if start == 0 or messages[start - 1].get("role") != "assistant":
-        return None
-    turn = [c.get("id") for c in messages[start - 1].get("tool_calls") or []]
-    answered_by_id = sum(1 for t in turn if isinstance(t, str) and t in block)
-    if len(unknown) != len(turn) - answered_by_id or not unanswered:
+    # known id answers. Each block is measured once (linear in its length).
+    start = block_starts[index]
+    if start not in blocks:
+        blocks[start] = _block(messages, start, by_id)
+    if not blocks[start].by_order or not unanswered:
         return None
     report.matched_by_order.append(str(original))
-    return unanswered[0]
+    return next(iter(unanswered))
 
 
 def count_tool_calls(messages: Sequence[Mapping[str, Any]]) -> int:

@@ -10,10 +10,14 @@ Kimi tokenizers. One class serves both runner interfaces, because each runner
 checks ``issubclass`` against its own base class and refuses the other's:
 
 * V1 (``update_state(BatchUpdate)`` + ``apply(logits)``): reads the live
-  ``output_tok_ids`` list of each request;
+  ``output_tok_ids`` list of each request, and the tail of its
+  ``prompt_tok_ids`` once;
 * Model Runner V2 (``add_request(slot, params)`` + ``apply(logits, ctx)``):
-  reads the newest token from ``ctx.input_ids`` and, after a preemption, the
-  history from ``req_states.all_token_ids``.
+  reads the newest token from ``ctx.input_ids``, the prompt's tail once and,
+  after a preemption, the history from ``req_states.all_token_ids``.
+
+The prompt's tail says where the output starts (:mod:`.enforcer.prompt`):
+K2.5+ generation prompts open (or open and close) the thinking themselves.
 
 Per step and per enforced row it applies one of three masks on the logits'
 own device: ban a few ids (free text), keep a few ids (markers, call
@@ -27,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +50,7 @@ from vllm_kimi_tools._compat import (
     tokenizer_for,
 )
 from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, Phase, RequestEnforcer
+from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
 
 logger = init_logger(__name__)
@@ -88,8 +94,11 @@ class _Request:
     guarded: bool
     enforcer: RequestEnforcer | None = None  # built on first use
     output: list[int] | None = None  # V1: the runner's live list
+    # The prompt's last n tokens, read once when the enforcer is built.
+    prompt: Callable[[int], Sequence[int]] | None = None
     consumed: int = 0
     stood_down: bool = False
+    fallbacks: int = 0  # the enforcer's fallbacks already counted
 
 
 class _StoreLoader:
@@ -120,6 +129,7 @@ class _StoreLoader:
             vocab_size = self._vllm_config.model_config.get_vocab_size()
             store = GrammarStore.for_hf_tokenizer(tokenizer, vocab_size)
             store.table.lengths  # noqa: B018 - build the length tables now
+            store.table.quotes  # noqa: B018
             self.store = store
         except Exception as e:  # never take the engine down
             self.problem = f"{type(e).__name__}: {e}"
@@ -150,6 +160,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._log_interval = float(os.environ.get(LOG_INTERVAL_ENV, "10"))
         self._compile_s = 0.0  # compile seconds already counted
         self._warned: set[str] = set()
+        # Rows where the length masks gave way to the grammar (a degrade).
+        self.length_fallbacks = 0
 
     # -- both interfaces ---------------------------------------------------
 
@@ -176,7 +188,16 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             if store is None:
                 self._stand_down(req, f"unavailable ({self._loader.problem})")
             else:
-                req.enforcer = RequestEnforcer(req.spec, store)
+                start = OutputStart.TEXT
+                read, req.prompt = req.prompt, None
+                try:
+                    if read is not None:
+                        start = start_from_tail(read, store.table.markers)
+                except Exception as e:  # never guess where thinking is
+                    self._stand_down(req, f"prompt: unreadable ({e})")
+                    assert req.enforcer is not None
+                    return req.enforcer
+                req.enforcer = RequestEnforcer(req.spec, store, start=start)
                 metrics.inc(metrics.ENFORCED_REQUESTS_TOTAL)
         assert req.enforcer is not None
         return req.enforcer
@@ -231,6 +252,11 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             if enforcer.phase is Phase.OFF:
                 continue
             directive = enforcer.directive(bitmask[row])
+            if enforcer.fallbacks != req.fallbacks:
+                self._count_fallbacks(req, enforcer)
+            if enforcer.phase is Phase.OFF:  # nothing at all was allowed
+                self._stand_down(req, enforcer.off_reason or "empty")
+                continue
             if isinstance(directive, Ban):
                 ban_rows.extend([row] * len(directive.ids))
                 ban_ids.extend(directive.ids)
@@ -305,6 +331,18 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             )
         self._maybe_log()
 
+    def _count_fallbacks(self, req: _Request, enforcer: RequestEnforcer) -> None:
+        self.length_fallbacks += enforcer.fallbacks - req.fallbacks
+        req.fallbacks = enforcer.fallbacks
+        if "fallback" not in self._warned:
+            self._warned.add("fallback")
+            logger.warning(
+                "Kimi tool Enforcer: the string length masks of tool %r left no "
+                "token with the grammar; that row used the grammar alone (its "
+                "length bound may be broken). Counted as length fallbacks.",
+                enforcer.current_tool,
+            )
+
     def _maybe_log(self) -> None:
         now = time.monotonic()
         if now - self._last_log < self._log_interval:
@@ -317,13 +355,15 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             stats = store.stats if store is not None else None
             logger.info(
                 "Kimi tool Enforcer: %d requests, %d blocked steps, "
-                "%d grammars compiled in %.2f s (%d cache hits), stood down %d",
+                "%d grammars compiled in %.2f s (%d cache hits), stood down %d, "
+                "length fallbacks %d",
                 c.get(metrics.ENFORCED_REQUESTS_TOTAL, 0),
                 c.get(metrics.BLOCKED_TOKENS_TOTAL, 0),
                 stats.compiles if stats else 0,
                 stats.compile_seconds if stats else 0.0,
                 stats.cache_hits if stats else 0,
                 sum(v for k, v in c.items() if k.startswith(metrics.STOOD_DOWN_TOTAL)),
+                self.length_fallbacks,
             )
 
     def flush_metrics(self) -> None:
@@ -347,6 +387,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             req = self._new_request(params)
             if req is not None:
                 req.output = output
+                if prompt:
+                    req.prompt = lambda n: prompt[-n:]
             return req
 
         process_dict_updates(self._requests, batch_update, new_state)
@@ -380,6 +422,15 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if req is None:
             self._requests.pop(req_idx, None)
             return False
+        states = self._v2_states
+        if states is not None:
+            # Read at the first apply(), once the slot's tokens are written.
+            def read(n: int) -> list[int]:
+                end = int(states.prompt_len.np[req_idx])
+                ids = states.all_token_ids.gpu[req_idx, max(0, end - n) : end]
+                return ids.cpu().tolist()
+
+            req.prompt = read
         self._requests[req_idx] = req
         return True
 

@@ -36,6 +36,8 @@ import regex as re
 from vllm_kimi_tools.arguments import Arguments, parse_arguments
 from vllm_kimi_tools.tokens import (
     CHAT_CONTROL_TOKENS,
+    RESERVED_TOKEN_FORMAT,
+    SPECIAL_TOKEN_IDS,
     TOOL_CALL_ARGUMENT_BEGIN,
     TOOL_CALL_BEGIN,
     TOOL_CALL_END,
@@ -48,20 +50,26 @@ from vllm_kimi_tools.tool_ids import make_tool_call_id, resolve_tool_call_id
 
 _SECTION_BEGINS = frozenset({TOOL_CALLS_SECTION_BEGIN, TOOL_CALL_SECTION_BEGIN_ALT})
 _SECTION_ENDS = frozenset({TOOL_CALLS_SECTION_END, TOOL_CALL_SECTION_END_ALT})
-_CONTROL = frozenset(CHAT_CONTROL_TOKENS)
-_MARKERS = (
+_TOOL_MARKERS = (
     *_SECTION_BEGINS,
     *_SECTION_ENDS,
     TOOL_CALL_BEGIN,
     TOOL_CALL_ARGUMENT_BEGIN,
     TOOL_CALL_END,
-    *CHAT_CONTROL_TOKENS,
 )
+# Every other ``<|…|>`` special of Kimi's tokenizer (chat and media tokens,
+# and the ``<|reserved_token_N|>`` ids) is markup that never reaches content.
+_CONTROL = frozenset(
+    t for t in (*CHAT_CONTROL_TOKENS, *SPECIAL_TOKEN_IDS) if t.startswith("<|")
+) - frozenset(_TOOL_MARKERS)
+_RESERVED_RE = re.escape(RESERVED_TOKEN_FORMAT).replace(r"\{\}", r"\d+")
+_MARKERS = (*_TOOL_MARKERS, *_CONTROL)
 # Every marker starts with "<" and contains no other "<", so a suffix that may
 # still become a marker always starts at the last "<" of the pending text.
 assert all(m.startswith("<") and m.count("<") == 1 for m in _MARKERS)
-_MARKER_RE = re.compile("|".join(re.escape(m) for m in sorted(_MARKERS, key=len)[::-1]))
-_MARKER_PREFIXES = frozenset(m[:i] for m in _MARKERS for i in range(1, len(m)))
+_MARKER_RE = re.compile(
+    "|".join([*(re.escape(m) for m in sorted(_MARKERS, key=len)[::-1]), _RESERVED_RE])
+)
 _JSON_STRING_RE = re.compile(r'["\\]')
 
 
@@ -223,7 +231,7 @@ class KimiToolCallParser:
         cut = len(rest)
         if not final:
             lt = rest.rfind("<")
-            if lt >= 0 and rest[lt:] in _MARKER_PREFIXES:
+            if lt >= 0 and _MARKER_RE.fullmatch(rest[lt:], partial=True):
                 cut = lt
         self._on_text(rest[:cut])
         self._pending = rest[cut:]
@@ -276,7 +284,7 @@ class KimiToolCallParser:
                 self._first_swallowed = self._args_len
             self._append_args(marker)
             return
-        if marker in _CONTROL:
+        if marker in _CONTROL or marker.startswith("<|reserved_token_"):
             return
         if mode is _Mode.TEXT:
             if marker in _SECTION_BEGINS:

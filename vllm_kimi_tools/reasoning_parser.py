@@ -20,7 +20,12 @@ includes ``<|tool_calls_section_begin|>``, so any earlier tool call in the
 history makes vLLM 0.32 decide thinking is over before the turn starts, and
 the whole thinking streams as ``content``, ``<think>`` included. Here the scan
 stops at the start of the current turn (``<|im_assistant|>``, the other role
-markers and ``<|im_end|>`` are turn boundaries). Use with::
+markers and ``<|im_end|>`` are turn boundaries).
+
+With Moonshot's slow tokenizer the text is made exact first (see
+:mod:`.detokenize`): ``spaces_between_special_tokens`` is turned off where
+the request has the field, a stream is decoded from its token ids, and a
+complete Responses output is unspaced. Use with::
 
     --reasoning-parser kimi_k2_robust --tool-call-parser kimi_k2_robust
 """
@@ -31,7 +36,7 @@ import dataclasses
 import functools
 from typing import Any
 
-from vllm_kimi_tools import PARSER_NAME
+from vllm_kimi_tools import PARSER_NAME, detokenize
 from vllm_kimi_tools._compat import (
     EventType,
     KimiK2Parser,
@@ -85,6 +90,40 @@ class KimiK2RobustParser(KimiK2Parser):
         kwargs.setdefault("parser_engine_config", robust_config(enabled))
         super().__init__(tokenizer, tools, **kwargs)
         self._tool_call_start_token_id = self.vocab.get(TOOL_CALL_BEGIN)
+        self._unspace = False  # this text came from the spacing detokenizer
+        self._stream_text: detokenize.TokenText | None = None
+        if not getattr(tokenizer, "is_fast", True):
+            self._stream_text = detokenize.TokenText(exact_token_bytes(tokenizer))
+            self._not_text = stop_token_ids(tokenizer)
+
+    def adjust_request(self, request: Any) -> Any:
+        request = super().adjust_request(request)
+        if hasattr(request, "spaces_between_special_tokens"):
+            request.spaces_between_special_tokens = False
+        return request
+
+    def _preprocess_feed(self, delta_text: str, delta_token_ids: Any) -> Any:
+        if delta_token_ids and self._stream_text is not None:
+            # Streaming: the token ids are the truth (exact on every API).
+            ids = [t for t in delta_token_ids if t not in self._not_text]
+            return self._stream_text.feed(ids), delta_token_ids
+        if self._unspace:
+            return unspace(self.model_tokenizer, delta_text), delta_token_ids
+        return delta_text, delta_token_ids
+
+    def extract_reasoning(self, model_output: str, request: Any) -> Any:
+        self._unspace = detokenize.spaces_added(request, self.model_tokenizer)
+        if not self.thinking_enabled:
+            # Thinking off: all content, exact for the tool parser after us.
+            text = model_output
+            if self._unspace:
+                text = unspace(self.model_tokenizer, text)
+            self._unspace = False
+            return None, text
+        try:
+            return super().extract_reasoning(model_output, request)
+        finally:
+            self._unspace = False
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
         content = super().extract_content_ids(input_ids)
@@ -95,5 +134,34 @@ class KimiK2RobustParser(KimiK2Parser):
             return input_ids[input_ids.index(start) :]
         return content
 
+
+def exact_token_bytes(tokenizer: Any) -> Any:
+    """The tokenizer's per-token bytes, shared by every parser of a process."""
+    cached = _TOKEN_BYTES.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        cached = (tokenizer, detokenize.token_bytes_fn(tokenizer))
+        _TOKEN_BYTES[id(tokenizer)] = cached
+    return cached[1]
+
+
+def stop_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids that end a Kimi turn: vLLM never shows their text, so neither do we."""
+    vocab = tokenizer.get_vocab()
+    ids = {tokenizer.eos_token_id, vocab.get(IM_END)}
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def unspace(tokenizer: Any, text: str) -> str:
+    """``text`` without the slow detokenizer's spaces around added tokens."""
+    cached = _ADDED.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        pattern = detokenize.added_token_pattern(tokenizer.get_added_vocab())
+        cached = (tokenizer, pattern)
+        _ADDED[id(tokenizer)] = cached
+    return detokenize.unspace(text, cached[1])
+
+
+_TOKEN_BYTES: dict[int, tuple[Any, Any]] = {}
+_ADDED: dict[int, tuple[Any, Any]] = {}
 
 KimiK2RobustReasoningParser, _ = make_adapters(KimiK2RobustParser)

@@ -21,6 +21,16 @@ from vllm_kimi_tools.renderer import ENV_SWITCH
 _RED, _GREEN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
 
 
+def _needs_remote_code(model: Path) -> bool:
+    # A Kimi checkpoint's tokenizer is remote code (tokenization_kimi.py),
+    # loaded as ``vllm serve --trust-remote-code`` loads it.
+    config = model / "tokenizer_config.json"
+    try:
+        return "auto_map" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def load_renderer(model: Path) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,7 +42,10 @@ def load_renderer(model: Path) -> Any:
 
     register()
     ToolParserManager.get_tool_parser(PARSER_NAME)  # as the server does
-    config = VllmConfig(model_config=ModelConfig(model=str(model)))
+    model_config = ModelConfig(
+        model=str(model), trust_remote_code=_needs_remote_code(model)
+    )
+    config = VllmConfig(model_config=model_config)
     return renderer_from_config(config)
 
 

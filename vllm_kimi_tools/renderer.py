@@ -14,8 +14,10 @@ tokens, it
 2. renders string content as strings (vLLM would otherwise turn ``""`` into
    ``[{'type': 'text', 'text': ''}]`` for templates it classifies as
    "openai" content format, and old Kimi templates print that list);
-3. makes sure the prompt ends with ``<|im_assistant|>assistant<|im_middle|>``
-   when a generation prompt was asked for.
+3. makes sure the prompt ends with a generation prompt when one was asked
+   for: ``<|im_assistant|>assistant<|im_middle|>`` is appended only when the
+   prompt ends with none of :data:`.tokens.GENERATION_PROMPTS` (K2.5+
+   templates end theirs with ``<think>`` or ``<think></think>``).
 
 Everything else (other parsers, other models) renders exactly as stock vLLM.
 Set ``VLLM_KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
@@ -31,7 +33,11 @@ from typing import Any
 from vllm_kimi_tools import PARSER_NAME
 from vllm_kimi_tools._compat import HfRenderer, ToolParserManager, init_logger
 from vllm_kimi_tools.conversation import normalize_messages
-from vllm_kimi_tools.tokens import GENERATION_PROMPT, missing_tool_tokens
+from vllm_kimi_tools.tokens import (
+    GENERATION_PROMPT,
+    GENERATION_PROMPTS,
+    missing_tool_tokens,
+)
 
 logger = init_logger(__name__)
 
@@ -71,10 +77,35 @@ def prepare_chat(
     return normalized, params
 
 
+def ends_with_generation_prompt(
+    prompt: str | Sequence[int],
+    generation_ids: Mapping[str, Sequence[int]] | None = None,
+) -> bool:
+    """Whether a prompt ends with one of :data:`.tokens.GENERATION_PROMPTS`.
+
+    ``prompt``: text, or token ids (then ``generation_ids`` maps each form to
+    its ids).
+    """
+    if isinstance(prompt, str):
+        return prompt.endswith(GENERATION_PROMPTS)
+    tail = list(prompt)
+    return any(
+        ids and tail[-len(ids) :] == list(ids)
+        for ids in (generation_ids or {}).values()
+    )
+
+
 def ensure_generation_prompt(
-    prompt: Any, params: Any, generation_ids: Sequence[int]
+    prompt: Any, params: Any, generation_ids: Mapping[str, Sequence[int]]
 ) -> Any:
-    """Append the generation prompt when the template dropped it."""
+    """Append the generation prompt when the template dropped it.
+
+    A prompt already ending with any form of it (K2's
+    ``<|im_assistant|>assistant<|im_middle|>``, K2.5's ``…<think>`` or
+    ``…<think></think>``) is returned unchanged; otherwise K2's form is
+    appended. ``generation_ids``: each of :data:`.tokens.GENERATION_PROMPTS`
+    mapped to its token ids.
+    """
     kwargs = params.get_apply_chat_template_kwargs()
     if not kwargs.get("add_generation_prompt") or kwargs.get("continue_final_message"):
         return prompt
@@ -82,10 +113,14 @@ def ensure_generation_prompt(
         return prompt
     text = prompt.get("prompt")
     ids = prompt.get("prompt_token_ids")
-    if isinstance(text, str) and not text.endswith(GENERATION_PROMPT):
+    if isinstance(text, str):
+        if ends_with_generation_prompt(text):
+            return prompt
         prompt["prompt"] = text + GENERATION_PROMPT
-    elif isinstance(ids, list) and ids[-len(generation_ids) :] != list(generation_ids):
-        prompt["prompt_token_ids"] = ids + list(generation_ids)
+    elif isinstance(ids, list) and GENERATION_PROMPT in generation_ids:
+        if ends_with_generation_prompt(ids, generation_ids):
+            return prompt
+        prompt["prompt_token_ids"] = ids + list(generation_ids[GENERATION_PROMPT])
     else:
         return prompt
     logger.warning_once(
@@ -99,13 +134,15 @@ class KimiAwareHfRenderer(HfRenderer):
     """``HfRenderer`` that renders Kimi conversations as Moonshot's API does."""
 
     _kimi_vocab: bool | None = None
-    _generation_ids: list[int] | None = None
+    _generation_ids: dict[str, list[int]] | None = None
 
-    def _generation_prompt_ids(self) -> list[int]:
+    def _generation_prompt_ids(self) -> dict[str, list[int]]:
         if self._generation_ids is None:
-            self._generation_ids = self.get_tokenizer().encode(
-                GENERATION_PROMPT, add_special_tokens=False
-            )
+            tokenizer = self.get_tokenizer()
+            self._generation_ids = {
+                form: tokenizer.encode(form, add_special_tokens=False)
+                for form in GENERATION_PROMPTS
+            }
         return self._generation_ids
 
     def _normalizing(self) -> bool:

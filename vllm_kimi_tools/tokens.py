@@ -38,8 +38,19 @@ IM_ASSISTANT = "<|im_assistant|>"
 IM_SYSTEM = "<|im_system|>"
 IM_MIDDLE = "<|im_middle|>"
 
-# Generation prompt appended after the last message.
+# Generation prompt appended after the last message (K2, K2-Thinking).
 GENERATION_PROMPT = f"{IM_ASSISTANT}assistant{IM_MIDDLE}"
+# K2.5 / K2.6 / K2.7 open the turn's thinking in the prompt itself:
+# thinking on (the default) and off (``chat_template_kwargs: {"thinking":
+# false}``). The output then starts inside thinking, or after it.
+GENERATION_PROMPT_THINKING = GENERATION_PROMPT + THINK_BEGIN
+GENERATION_PROMPT_NO_THINKING = GENERATION_PROMPT + THINK_BEGIN + THINK_END
+# Every form a generation prompt takes, longest first.
+GENERATION_PROMPTS = (
+    GENERATION_PROMPT_NO_THINKING,
+    GENERATION_PROMPT_THINKING,
+    GENERATION_PROMPT,
+)
 
 # Canonical tool-call id: ``functions.NAME:IDX``, IDX counting every tool call
 # of the conversation (history included).
@@ -47,6 +58,13 @@ TOOL_CALL_ID_PREFIX = "functions."
 
 VOCAB_SIZE = 163_840
 NUM_BASE_TOKENS = 163_584
+# Every id from NUM_BASE_TOKENS up is a tiktoken special in Moonshot's
+# tokenizer (``tokenization_kimi.py`` reserves 256), named
+# ``<|reserved_token_N|>`` unless listed below. Hugging Face's
+# ``get_added_vocab()`` lists only the 23 named ones, so code that needs
+# "every special" must use this range, not the added vocabulary.
+SPECIAL_ID_RANGE = range(NUM_BASE_TOKENS, VOCAB_SIZE)
+RESERVED_TOKEN_FORMAT = "<|reserved_token_{}|>"
 
 # Real ids from Kimi K2 / K2.5 tokenizer_config.json ``added_tokens_decoder``.
 SPECIAL_TOKEN_IDS: Mapping[str, int] = {
@@ -112,7 +130,25 @@ CHAT_CONTROL_TOKENS = (
 
 EOS_TOKEN_ID = SPECIAL_TOKEN_IDS[IM_END]
 
+# Kimi K3 writes tool calls in XTML over these tokens instead; vLLM serves it
+# with its own ``kimi_k3`` renderer and parsers.
+K3_MARKERS = ("<|open|>", "<|close|>", "<|sep|>")
+K3_PARSER_NAME = "kimi_k3"
+
 
 def missing_tool_tokens(vocab: Mapping[str, int]) -> list[str]:
     """Return the tool markers absent from ``vocab`` (empty when usable)."""
     return [tok for tok in REQUIRED_TOOL_TOKENS if tok not in vocab]
+
+
+def is_k3_vocab(vocab: Mapping[str, int]) -> bool:
+    """True for a Kimi K3 vocabulary (XTML tool calls, not this format)."""
+    return all(tok in vocab for tok in K3_MARKERS)
+
+
+def special_token_text(token_id: int) -> str:
+    """The text of a special id (named, or ``<|reserved_token_N|>``)."""
+    for text, known in SPECIAL_TOKEN_IDS.items():
+        if known == token_id:
+            return text
+    return RESERVED_TOKEN_FORMAT.format(token_id)

@@ -102,3 +102,24 @@ def canonical_index(raw_id: str) -> int | None:
     if not sep or not idx.isdigit() or not idx.isascii():
         return None
     return int(idx)
+
+
+# Text that would end or restructure the call header if a name contained it.
+_UNSAFE_NAME_RE = re.compile(r"<\||\|>|</?think>|[\x00-\x20\x7f]")
+
+
+def unsafe_tool_name(name: object) -> str | None:
+    """Why ``name`` cannot be written as ``functions.NAME:IDX``, or None.
+
+    A name holding Kimi marker text (``<|tool_call_end|>``), a think tag,
+    whitespace or a control character would split the call header: the
+    model's call could not be parsed back, so such tools are refused.
+    """
+    if not isinstance(name, str) or not name:
+        return "every tool needs a non-empty function name"
+    if (m := _UNSAFE_NAME_RE.search(name)) is not None:
+        return (
+            f"tool name {name[:80]!r} contains {m.group()!r}, which cannot be "
+            "written in Kimi's tool-call header"
+        )
+    return None

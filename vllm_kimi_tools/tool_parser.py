@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_kimi_tools import PARSER_NAME, metrics
+from vllm_kimi_tools import PARSER_NAME, detokenize, metrics
 from vllm_kimi_tools._compat import (
     ChatCompletionRequest,
     DeltaFunctionCall,
@@ -44,7 +44,13 @@ from vllm_kimi_tools.parsing import (
     ToolSpec,
     parse_tool_calls,
 )
-from vllm_kimi_tools.tokens import missing_tool_tokens
+from vllm_kimi_tools.reasoning_parser import (
+    exact_token_bytes,
+    stop_token_ids,
+    unspace,
+)
+from vllm_kimi_tools.tokens import K3_PARSER_NAME, is_k3_vocab, missing_tool_tokens
+from vllm_kimi_tools.tool_ids import unsafe_tool_name
 
 logger = init_logger(__name__)
 
@@ -138,9 +144,19 @@ class KimiK2RobustToolParser(ToolParser):
     # strict tools and required/named tool_choice keep working unchanged.
     structural_tag_model = "kimi"
     engine_based_streaming = True
+    # vLLM sets this when no reasoning parser runs before this one; the text
+    # then arrives straight from the detokenizer (see extract_tool_calls).
+    skip_reasoning_parsing = False
 
     def __init__(self, tokenizer: Any, tools: Sequence[Any] | None = None) -> None:
         super().__init__(tokenizer, tools)
+        if is_k3_vocab(self.vocab):
+            raise ValueError(
+                f"{PARSER_NAME} serves the Kimi K2 / K2.5 tool-call format; this "
+                "tokenizer is Kimi K3's (XTML markers), which it would never "
+                f"parse. Use --tool-call-parser {K3_PARSER_NAME} "
+                f"--reasoning-parser {K3_PARSER_NAME} instead."
+            )
         missing = missing_tool_tokens(self.vocab)
         if missing:
             raise ValueError(
@@ -149,14 +165,27 @@ class KimiK2RobustToolParser(ToolParser):
             )
         _require_render_hook()
         self._stream: KimiToolCallParser | None = None
+        self._stream_text: detokenize.TokenText | None = None
+        if not getattr(tokenizer, "is_fast", True):
+            self._stream_text = detokenize.TokenText(exact_token_bytes(tokenizer))
+            self._not_text = stop_token_ids(tokenizer)
 
     def adjust_request(
         self, request: ChatCompletionRequest | ResponsesRequest
     ) -> ChatCompletionRequest | ResponsesRequest:
         request = super().adjust_request(request)
+        for decl in request_tool_decls(request):
+            problem = unsafe_tool_name(decl.name)
+            if problem is not None:
+                raise ValueError(f"{PARSER_NAME}: {problem}")
         # The tool markers must reach the parser as text.
         if request.tools and request.tool_choice != "none":
             request.skip_special_tokens = False
+        # A slow tokenizer's detokenizer would put spaces around every marker
+        # (Chat Completions has the switch; Responses in vLLM 0.32 does not,
+        # see extract_tool_calls).
+        if hasattr(request, "spaces_between_special_tokens"):
+            request.spaces_between_special_tokens = False
         # vLLM's caller keeps its own reference: change the request in place.
         if wants_enforcer(request):
             attach_enforcer_spec(request)
@@ -174,6 +203,12 @@ class KimiK2RobustToolParser(ToolParser):
     def extract_tool_calls(
         self, model_output: str, request: ChatCompletionRequest
     ) -> ExtractedToolCallInformation:
+        if self.skip_reasoning_parsing and detokenize.spaces_added(
+            request, self.model_tokenizer
+        ):
+            # Straight from a spacing detokenizer (no reasoning parser made
+            # it exact first): undo the spaces around markers.
+            model_output = unspace(self.model_tokenizer, model_output)
         result = parse_tool_calls(
             model_output,
             request_tool_specs(request),
@@ -210,12 +245,20 @@ class KimiK2RobustToolParser(ToolParser):
             self._stream = KimiToolCallParser(
                 request_tool_specs(request), history_tool_call_count(request)
             )
+        if self._stream_text is not None and delta_token_ids:
+            # The token ids are the exact text, whatever the detokenizer did.
+            ids = [t for t in delta_token_ids if t not in self._not_text]
+            delta_text = self._stream_text.feed(ids)
         return _to_delta_message(self._stream.feed(delta_text))
 
     def finish_streaming(self) -> DeltaMessage | None:
         if self._stream is None:
             return None
-        return _to_delta_message(self._stream.finish())
+        delta = ParseDelta()
+        if self._stream_text is not None:
+            delta.extend(self._stream.feed(self._stream_text.finish()))
+        delta.extend(self._stream.finish())
+        return _to_delta_message(delta)
 
 
 def _require_render_hook() -> None:

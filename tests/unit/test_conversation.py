@@ -90,3 +90,26 @@ def test_image_parts_are_left_alone() -> None:
     content = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}]
     out, _ = normalize_messages([{"role": "user", "content": content}])
     assert out[0]["content"] == content
+
+
+def test_ten_thousand_unknown_results_are_matched_by_order() -> None:
+    """One pass per block: the rewrite stays linear in the history."""
+    n = 10_000
+    calls = [
+        {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "f", "arguments": "{}"},
+        }
+        for i in range(n)
+    ]
+    messages = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": f"u{i}", "content": "r"} for i in range(n)),
+    ]
+    out, report = normalize_messages(messages)
+    assert [m["tool_call_id"] for m in out[2:]] == [
+        f"functions.f:{i}" for i in range(n)
+    ]
+    assert len(report.matched_by_order) == n and report.tool_call_count == n

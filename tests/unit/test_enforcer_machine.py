@@ -9,6 +9,7 @@ import pytest
 
 from tests.enforcer_kit import allowed, drive, enforcer_for
 from vllm_kimi_tools.enforcer.machine import Phase
+from vllm_kimi_tools.enforcer.prompt import OutputStart
 
 pytest.importorskip("xgrammar")
 
@@ -18,6 +19,7 @@ WEATHER = {
     "required": ["city"],
 }
 TOOLS = {"get_weather": WEATHER, "search": {"type": "object"}}
+REQ, NAMED = {"choice": "required"}, {"named": "get_weather"}
 ARGS = '{"city": "Oslo"}'
 
 
@@ -171,3 +173,55 @@ def test_whitespace_runs_are_bounded(grammar_store, kimi_tokenizer) -> None:
     ]
     assert offered and not any(t[:1].isspace() for t in offered), offered
     assert drive(enforcer, kimi_tokenizer, '"Oslo"}').ok
+
+
+THINKING, THOUGHT = OutputStart.THINKING, OutputStart.THOUGHT
+
+
+@pytest.mark.parametrize(
+    ("start", "text", "kw", "ok"),
+    [
+        # K2.5+, thinking on: the output starts inside thinking and may close it.
+        (THINKING, "hm, Oslo</think>" + section(call("get_weather", 0)), {}, True),
+        (THINKING, "hm</think>It is sunny.<|im_end|>", {}, True),
+        (THINKING, "</think>Sunny.<|im_end|>", {}, True),
+        (THINKING, "hm<think>", {}, False),
+        (THINKING, "hm</think>a</think>", {}, False),
+        # calls inside thinking stay allowed, as in K2-Thinking
+        (THINKING, "hm" + section(call("get_weather", 0)) + "<|im_end|>", {}, True),
+        (THINKING, "hm" + call("get_weather", 0) + "<|im_end|>", {}, True),
+        (THINKING, "hm<|tool_call_end|>", {}, False),
+        # forced: think as long as needed, then the section and nothing else
+        (THINKING, "hm</think>" + section(call("search", 0, "{}")), REQ, True),
+        (THINKING, "hm" + section(call("search", 0, "{}")), REQ, True),
+        (THINKING, "hm</think>Sure.", REQ, False),
+        (THINKING, "hm<|im_end|>", REQ, False),
+        (THINKING, "hm</think>" + section(call("get_weather", 0)), NAMED, True),
+        (THINKING, "hm</think>" + section(call("search", 0, "{}")), NAMED, False),
+        # K2.5+, thinking off: neither marker again
+        (THOUGHT, "Sunny.<|im_end|>", {}, True),
+        (THOUGHT, "<think>hm</think>", {}, False),
+        (THOUGHT, "</think>", {}, False),
+        (THOUGHT, section(call("search", 0, "{}")), REQ, True),
+        (THOUGHT, "<think>", REQ, False),
+    ],
+)
+def test_output_that_starts_where_the_prompt_left_it(
+    grammar_store, kimi_tokenizer, start, text, kw, ok
+) -> None:
+    enforcer = enforcer_for(grammar_store, TOOLS, start=start, **kw)
+    result = drive(enforcer, kimi_tokenizer, text)
+    assert result.ok is ok, result
+
+
+def test_think_end_is_banned_only_where_no_thinking_is_open(grammar_store) -> None:
+    m = grammar_store.table.markers
+    vocab = grammar_store.table.vocab_size
+    for start, think_end in [
+        (OutputStart.TEXT, False),
+        (THINKING, True),
+        (THOUGHT, False),
+    ]:
+        mask = allowed(enforcer_for(grammar_store, TOOLS, start=start), vocab)
+        assert mask[m.think_end] is np.bool_(think_end), start
+        assert mask[m.think_begin] is np.bool_(start is OutputStart.TEXT), start

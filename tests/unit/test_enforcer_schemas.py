@@ -148,3 +148,75 @@ def test_build_spec_round_trips_and_refuses_bad_requests() -> None:
         build_spec([ToolDecl("x", {"type": "array"})], first_index=0)
     with pytest.raises(ValueError, match="version"):
         EnforcerSpec.from_json('{"v": 99, "tools": []}')
+
+
+def _string(**kw) -> dict:
+    return {"type": "object", "properties": {"s": {"type": "string", **kw}}}
+
+
+def test_enum_values_outside_the_length_bounds_are_not_offered() -> None:
+    prepared = prepare_schema(_string(enum=["ab", "abcd", 7], maxLength=3))
+    assert prepared.schema["properties"]["s"]["enum"] == ["ab", 7]
+    assert json.loads(prepared.grammar_json)["properties"]["s"]["enum"] == ["ab", 7]
+    with pytest.raises(UnusableSchemaError, match="no enum value"):
+        prepare_schema(_string(enum=["abcd"], maxLength=3))
+    with pytest.raises(UnusableSchemaError, match="const"):
+        prepare_schema(_string(const="x", minLength=2))
+
+
+def test_format_gives_way_to_length_bounds() -> None:
+    prepared = prepare_schema(_string(format="date-time", maxLength=30))
+    assert "format" not in json.loads(prepared.grammar_json)["properties"]["s"]
+    assert any("'format' is not enforced" in n for n in prepared.degraded)
+    kept = prepare_schema(_string(format="date-time"))
+    assert json.loads(kept.grammar_json)["properties"]["s"]["format"] == "date-time"
+
+
+def test_required_keys_without_properties_become_any_value_keys() -> None:
+    prepared = prepare_schema({"type": "object", "required": ["adults", "kids"]})
+    assert prepared.schema["properties"] == {"adults": {}, "kids": {}}
+    assert prepared.schema["additionalProperties"] is True
+    assert len(prepared.degraded) == 2
+
+
+@pytest.mark.parametrize(
+    ("schema", "path", "spans"),
+    [
+        (_string(maxLength=3), ("s",), ((0, 3),)),
+        (_string(minLength=2), ("s",), ((2, None),)),
+        (_string(), ("s",), None),
+        # anyOf of free strings: the union of their lengths
+        (
+            {"anyOf": [{"type": "string", "maxLength": 2}, {"minLength": 5}]},
+            (),
+            ((0, 2), (5, None)),
+        ),
+        (
+            {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "null"}]},
+            (),
+            ((0, 2),),
+        ),
+        # a free branch: an enum branch's lengths are not offered to it
+        (
+            {"anyOf": [{"type": "string", "maxLength": 2}, {"enum": ["hello"]}]},
+            (),
+            ((0, 2),),
+        ),
+        # only enums: their exact lengths
+        ({"anyOf": [{"enum": ["ab", 3]}, {"const": "abcd"}]}, (), ((2, 2), (4, 4))),
+        ({"anyOf": [{"type": "string", "maxLength": 2}, {}]}, (), None),
+        (
+            {
+                "type": "object",
+                "properties": {"l": {"type": "array", "items": {"maxLength": 1}}},
+            },
+            ("l", 4),
+            ((0, 1),),
+        ),
+    ],
+)
+def test_string_lengths(schema, path, spans) -> None:
+    from vllm_kimi_tools.enforcer.lengths import string_lengths
+
+    found = string_lengths(schema, path)
+    assert (found.spans if found else None) == spans

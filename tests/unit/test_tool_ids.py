@@ -8,6 +8,7 @@ from vllm_kimi_tools.tool_ids import (
     canonical_index,
     make_tool_call_id,
     resolve_tool_call_id,
+    unsafe_tool_name,
 )
 
 DECLARED = ("get_weather", "get", "search", "search_web", "mcp:tool", "a.b-c", "v2")
@@ -74,3 +75,16 @@ def test_canonical_id_round_trip() -> None:
     assert canonical_index("functions.mcp:tool:5") == 5
     assert canonical_index("search:5") is None
     assert canonical_index("functions.search") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["<|tool_call_end|>", "a<|im_end|>", "x|>y", "<think>", "get weather", "f\n", ""],
+)
+def test_names_that_cannot_be_written_are_refused(name) -> None:
+    assert unsafe_tool_name(name) is not None
+
+
+@pytest.mark.parametrize("name", ["get_weather", "mcp:tool", "a.b-c", "搜索", "f<1>"])
+def test_ordinary_names_are_kept(name) -> None:
+    assert unsafe_tool_name(name) is None

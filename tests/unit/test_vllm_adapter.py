@@ -237,7 +237,7 @@ def _composed(model: Any, reasoning_parser: str) -> tuple[Any, Any]:
     from vllm.tokenizers import get_tokenizer
 
     register()
-    tok = get_tokenizer(str(model))
+    tok = get_tokenizer(str(model), trust_remote_code=True)
     cls = ParserManager.get_parser(
         tool_parser_name="kimi_k2_robust",
         reasoning_parser_name=reasoning_parser,
@@ -429,3 +429,114 @@ def test_enforcer_switches(monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="tool 'g'"):
         attach_enforcer_spec(bad)
+
+
+def test_k3_tokenizer_is_refused_with_what_to_use() -> None:
+    from vllm_kimi_tools.tool_parser import KimiK2RobustToolParser
+
+    register()
+    tok = MagicMock()
+    k3 = {t: 200_000 + i for i, t in enumerate(tokens.K3_MARKERS)}
+    tok.get_vocab.return_value = {**tokens.SPECIAL_TOKEN_IDS, **k3}
+    with pytest.raises(ValueError, match="--tool-call-parser kimi_k3"):
+        KimiK2RobustToolParser(tok, [])
+    tok.get_vocab.return_value = dict(tokens.SPECIAL_TOKEN_IDS)
+    KimiK2RobustToolParser(tok, [])  # a K2 vocabulary starts
+
+
+def _responses_request() -> Any:
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    fn = WEATHER_TOOL["function"]
+    return ResponsesRequest(
+        model="m",
+        input="weather?",
+        tools=[
+            {"type": "function", "name": fn["name"], "parameters": fn["parameters"]}
+        ],
+    )
+
+
+# What a K2.5 model writes after a prompt that opened its thinking.
+SPACED_OUTPUT = (
+    "Let me check. </think>好的。"
+    + section(call("functions.get_weather:0", '{"city": "Tokyo"}'))
+    + "<|im_end|>"
+)
+
+
+@pytest.fixture(scope="module")
+def real_composed(real_tokenizer_dir) -> tuple[Any, Any]:
+    return _composed(real_tokenizer_dir, "kimi_k2_robust")
+
+
+def _spaced(tok: Any, output: list[int]) -> str:
+    """vLLM's slow detokenizer with spaces on (every Responses request)."""
+    from vllm.tokenizers.detokenizer_utils import (
+        convert_prompt_ids_to_tokens,
+        detokenize_incrementally,
+    )
+
+    prompt = tok.encode("<|im_assistant|>assistant<|im_middle|><think>")
+    ids = list(prompt)
+    toks, prefix, read = convert_prompt_ids_to_tokens(tok, prompt, False)
+    text = ""
+    for token in output:
+        ids.append(token)
+        new, delta, prefix, read = detokenize_incrementally(
+            tok, ids, toks, prefix, read, False, True
+        )
+        toks.extend(new)
+        text += delta
+    return text
+
+
+@pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no-thinking"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_responses_text_is_exact_on_the_slow_tokenizer(real_composed, stream, thinking):
+    """Responses (vLLM 0.32) cannot turn the detokenizer's spaces off: the
+    parsers still return what the model wrote, streamed or not."""
+    tok, cls = real_composed
+    request = _responses_request()
+    text = SPACED_OUTPUT.removesuffix("<|im_end|>")
+    if not thinking:
+        text = text.split("</think>", 1)[1]
+    output = tok.encode(text)
+    spaced = _spaced(tok, output)
+    assert " 好的。 " in spaced  # what the parsers are given
+    parser = cls(tok, request.tools, chat_template_kwargs={"thinking": thinking})
+    if stream:
+        reasoning = content = ""
+        calls: list[Any] = []
+        for i, token in enumerate(output):
+            delta = parser.parse_delta(
+                _spaced(tok, output[: i + 1])[len(_spaced(tok, output[:i])) :],
+                [token],
+                request,
+                prompt_token_ids=tok.encode("<|im_middle|><think>"),
+                finished=i == len(output) - 1,
+            )
+            if delta is not None:
+                reasoning += delta.reasoning or ""
+                content += delta.content or ""
+                calls.extend(delta.tool_calls or [])
+        args = "".join(c.function.arguments or "" for c in calls)
+    else:
+        reasoning, content, found = parser.parse(
+            spaced, request, enable_auto_tools=True, model_output_token_ids=output
+        )
+        args = found[0].arguments
+    assert (reasoning or None, content) == (
+        "Let me check." if thinking else None,
+        "好的。",
+    )
+    assert json.loads(args) == {"city": "Tokyo"} and args == '{"city": "Tokyo"}'
+
+
+def test_chat_requests_turn_the_spaces_off(real_composed) -> None:
+    tok, cls = real_composed
+    request = _request()
+    assert request.spaces_between_special_tokens is True
+    cls(tok, request.tools).adjust_request(request)
+    assert request.spaces_between_special_tokens is False
+    assert request.skip_special_tokens is False

@@ -24,7 +24,7 @@ from typing import Any
 import xgrammar as xgr
 
 from vllm_kimi_tools.enforcer.schemas import ANY_OBJECT
-from vllm_kimi_tools.enforcer.vocab import TokenTable
+from vllm_kimi_tools.enforcer.vocab import TokenTable, tokenizer_special_ids
 
 # The same text prepare_schema gives a `strict: false` tool: one cache entry.
 ANY_OBJECT_KEY = json.dumps(ANY_OBJECT, separators=(",", ":"))
@@ -78,8 +78,7 @@ class GrammarStore:
     ) -> GrammarStore:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         vocab = tokenizer.get_vocab()
-        specials = set(getattr(tokenizer, "all_special_ids", ()) or ())
-        specials.update(tokenizer.get_added_vocab().values())
+        specials = tokenizer_special_ids(tokenizer, vocab_size)
         token_bytes = [
             b.encode() if isinstance(b, str) else b for b in info.decoded_vocab
         ]

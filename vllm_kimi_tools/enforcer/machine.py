@@ -22,9 +22,19 @@ It follows the Kimi K2 wire format token by token::
   once the object is complete, string length bounds (:mod:`.lengths`) and
   whitespace runs of at most :data:`MAX_BLANK_RUN` characters.
 
-``tool_choice="required"`` / named: the section must open right away (after
-an optional ``<think>…</think>``); named and ``parallel_tool_calls=false``
-allow one call.
+The output starts where the prompt left it (:mod:`.prompt`): in TEXT (K2,
+K2-Thinking: ``<think>`` may be the first token), in THINK (K2.5+ prompts
+that end with ``<think>``) or in TEXT after thinking (``<think></think>``:
+neither marker again).
+
+``tool_choice="required"`` / named: the section must open right away, or
+right after the thinking (the model may finish its thoughts; it cannot end
+the turn in them); named and ``parallel_tool_calls=false`` allow one call.
+
+No row is ever empty: if the length and quote masks together with the
+grammar would leave no token, the row falls back to the grammar's (counted
+in :attr:`RequestEnforcer.fallbacks`); if even the grammar allows nothing,
+the Enforcer stops (``off_reason`` starts with ``empty``).
 """
 
 from __future__ import annotations
@@ -35,14 +45,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vllm_kimi_tools.enforcer.lengths import Bounds, JsonCursor, Path, string_bounds
-from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec
+from vllm_kimi_tools.enforcer.lengths import (
+    JsonCursor,
+    Lengths,
+    Path,
+    Where,
+    string_lengths,
+)
+from vllm_kimi_tools.enforcer.prompt import OutputStart
+from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec, ToolGrammar
 
 if TYPE_CHECKING:
     import xgrammar as xgr
 
     from vllm_kimi_tools.enforcer.grammars import GrammarStore
 
+
+_VALUE_STRING = frozenset(
+    (
+        Where.IN_VALUE_OBJ,
+        Where.IN_VALUE_ARR,
+        Where.ESCAPE_VALUE_OBJ,
+        Where.ESCAPE_VALUE_ARR,
+    )
+)
 
 # Longest whitespace run between JSON tokens: stops a model that keeps
 # writing blanks where the grammar allows them; never stops indentation.
@@ -85,8 +111,15 @@ Directive = Ban | Only | Fill | None
 class RequestEnforcer:
     """Token-level state machine for one request (pure: no vLLM)."""
 
-    def __init__(self, spec: EnforcerSpec, grammars: GrammarStore) -> None:
+    def __init__(
+        self,
+        spec: EnforcerSpec,
+        grammars: GrammarStore,
+        *,
+        start: OutputStart = OutputStart.TEXT,
+    ) -> None:
         self.spec = spec
+        self.start = start
         self._store = grammars
         self._table = grammars.table
         m = self._table.markers
@@ -95,16 +128,21 @@ class RequestEnforcer:
         self.calls = 0
         self.tokens = 0
         self.off_reason: str | None = None
+        # Rows where the length/quote masks left nothing and the grammar's
+        # row was used instead (a degrade: the bound may be broken).
+        self.fallbacks = 0
         self._forced = spec.choice != AUTO
         self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
-        self.phase = Phase.TEXT
+        self.phase = Phase.THINK if start is OutputStart.THINKING else Phase.TEXT
+        # ``<think>`` may open the output only where the prompt did not.
+        self._may_think = start is OutputStart.TEXT
         self._implicit = False  # the section began with a bare call
         self._header = b""
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
         # Length bounds by JSON path, per tool (the schema walk is not free).
-        self._bounds: dict[tuple[str, Path], Bounds | None] = {}
+        self._bounds: dict[tuple[str, Path], Lengths | None] = {}
         grammars.prefetch(tool.grammar for tool in spec.tools)
 
         # A bare ``<|tool_call_begin|>`` (no section wrapper, B14) opens an
@@ -117,6 +155,8 @@ class RequestEnforcer:
         self._ban_text = ban(m.think_begin, m.think_end)
         self._ban_text_first = ban(m.think_end)
         self._ban_think = ban(m.think_begin)
+        # Forced calls: thinking may not end the turn.
+        self._ban_think_forced = ban(m.think_begin, *m.stops)
 
     # -- what may come next ------------------------------------------------
 
@@ -127,12 +167,13 @@ class RequestEnforcer:
         """
         m, phase = self._m, self.phase
         if phase is Phase.TEXT:
+            first = self.tokens == 0 and self._may_think
             if self._forced:
-                first = (m.think_begin,) if self.tokens == 0 and m.think_begin else ()
-                return Only((m.section_begin, *first))
-            return self._ban_text_first if self.tokens == 0 else self._ban_text
+                think = (m.think_begin,) if first and m.think_begin else ()
+                return Only((m.section_begin, *think))
+            return self._ban_text_first if first else self._ban_text
         if phase is Phase.THINK:
-            return self._ban_think
+            return self._ban_think_forced if self._forced else self._ban_think
         if phase is Phase.SECTION:
             return Only((m.call_begin,))
         if phase is Phase.BETWEEN:
@@ -148,33 +189,125 @@ class RequestEnforcer:
             allowed = self._table.continuations(self._header, targets)
             if self._header in targets:
                 allowed.append(m.argument_begin)
+            if not allowed:
+                self.stop("empty: no token continues the call header")
+                return None
             return Only(tuple(allowed))
         if phase is Phase.ARGS:
             assert bitmask_row is not None, "ARGS needs a bitmask row"
-            self._args_mask(bitmask_row)
+            if not self._args_mask(bitmask_row):
+                bitmask_row[:] = -1
+                self.stop("empty: the argument grammar allows no token")
+                return None
             return FILLED
         return None
+
+    @property
+    def current_tool(self) -> str | None:
+        """The tool whose arguments are being written (None elsewhere)."""
+        return self._tool
 
     def _header_targets(self) -> list[bytes]:
         idx = self.spec.first_index + self.calls
         return [f"functions.{name}:{idx}".encode() for name in self._by_name]
 
-    def _args_mask(self, row: np.ndarray) -> None:
+    def _args_mask(self, row: np.ndarray) -> bool:
+        """Fill ``row``; False when not even the grammar allows a token."""
         matcher = self._ensure_matcher()
         row[:] = -1
         matcher.fill_next_token_bitmask(_as_torch(row))
         row &= self._table.special_clear_words
         cursor = self._cursor
-        if cursor is not None and cursor.blank_run >= MAX_BLANK_RUN:
-            row &= self._table.no_blank_start_words
         tool = self._by_name[self._tool] if self._tool else None
-        if cursor is not None and tool and tool.lengths and cursor.in_value_string:
-            key = (tool.name, cursor.path())
-            if key not in self._bounds:
-                self._bounds[key] = string_bounds(tool.lengths, key[1])
-            bounds = self._bounds[key]
-            if bounds is not None:
-                row &= self._table.lengths.words(cursor.chars, bounds)
+        bounded = cursor is not None and tool is not None and bool(tool.lengths)
+        blanks = cursor is not None and cursor.blank_run >= MAX_BLANK_RUN
+        if not (bounded or blanks):
+            return bool(row.any())
+        grammar = row.copy()
+        assert cursor is not None
+        if blanks:
+            row &= self._table.no_blank_start_words
+        if bounded:
+            assert tool is not None and tool.lengths is not None
+            where = cursor.where()
+            row &= self._quote_words(tool, cursor, where)
+            lengths = self._lengths_here(tool, cursor, where)
+            if lengths is not None:
+                row &= self._table.lengths.words(
+                    cursor.chars, lengths, cursor.escape_left
+                )
+        if row.any():
+            return True
+        # Safety net (a schema the masks cannot serve, e.g. a pattern that
+        # needs more characters than maxLength leaves): the grammar's row.
+        self.fallbacks += 1
+        row[:] = grammar
+        return bool(row.any())
+
+    def refused_by(self, token: int) -> list[str]:
+        """Which argument masks refuse ``token`` now (diagnostics, not the
+        decode path): ``grammar``, ``special``, ``blanks``, ``quotes``,
+        ``lengths``. Empty outside ARGS or when every mask allows it."""
+        if self.phase is not Phase.ARGS or not 0 <= token < self._table.vocab_size:
+            return []
+        table, cursor = self._table, self._cursor
+        word, bit = token >> 5, token & 31
+
+        def refuses(words: np.ndarray) -> bool:
+            return not (int(words[word]) >> bit) & 1
+
+        row = np.full((table.vocab_size + 31) // 32, -1, dtype=np.int32)
+        self._ensure_matcher().fill_next_token_bitmask(_as_torch(row))
+        out = ["grammar"] if refuses(row) else []
+        if refuses(table.special_clear_words):
+            out.append("special")
+        assert cursor is not None
+        if cursor.blank_run >= MAX_BLANK_RUN and refuses(table.no_blank_start_words):
+            out.append("blanks")
+        tool = self._by_name[self._tool] if self._tool else None
+        if tool is not None and tool.lengths:
+            where = cursor.where()
+            if refuses(self._quote_words(tool, cursor, where)):
+                out.append("quotes")
+            lengths = self._lengths_here(tool, cursor, where)
+            if lengths is not None and refuses(
+                table.lengths.words(cursor.chars, lengths, cursor.escape_left)
+            ):
+                out.append("lengths")
+        return out
+
+    def _quote_words(
+        self, tool: ToolGrammar, cursor: JsonCursor, where: Where
+    ) -> np.ndarray:
+        quotes = self._table.quotes
+        words = quotes.words(where)
+        if where in (Where.VALUE_OBJ, Where.VALUE_ARR):
+            # The string about to open is at the cursor's path: a token may
+            # open it and write what its bound leaves room for.
+            lengths = self._lengths_at(tool, cursor.path())
+            words = words | quotes.opening_words(lengths.high if lengths else None)
+        return words
+
+    def _lengths_here(
+        self, tool: ToolGrammar, cursor: JsonCursor, where: Where
+    ) -> Lengths | None:
+        """The lengths the value string being written may have (None: any)."""
+        if where not in _VALUE_STRING:
+            return None
+        return self._lengths_at(tool, cursor.path())
+
+    def _lengths_at(self, tool: ToolGrammar, path: Path) -> Lengths | None:
+        if not tool.lengths:
+            return None
+        key = (tool.name, path)
+        if key not in self._bounds:
+            self._bounds[key] = string_lengths(tool.lengths, path)
+        return self._bounds[key]
+
+    @property
+    def cursor(self) -> JsonCursor | None:
+        """Where the arguments being written are (None outside ARGS)."""
+        return self._cursor
 
     def _ensure_matcher(self) -> xgr.GrammarMatcher:
         if self._matcher is None:
@@ -248,6 +381,8 @@ class RequestEnforcer:
         return True
 
     def _advance_args(self, token: int) -> bool:
+        if token != self._m.call_end and token in self._table.special_ids:
+            return False  # xgrammar reads markers as text; they never are
         if not self._ensure_matcher().accept_token(token):
             return False
         if token == self._m.call_end:

@@ -12,6 +12,9 @@ Semantics (see docs/enforcer.md for the reasoning):
 * String ``minLength``/``maxLength`` are removed from the compiled grammar and
   enforced by the Enforcer itself while the string is being written (xgrammar
   unrolls them: seconds of compile per distinct bound on a 163k vocabulary).
+  Where a node has them, ``enum``/``const`` values outside them are dropped
+  (none left: refused) and ``format`` is not enforced (a format's grammar
+  could need characters the bound does not leave).
 * Non-standard types (BFCL's ``dict``, ``float``, ``tuple``, ``any``...) map
   to the nearest JSON-Schema type that is a superset; each rewrite is reported
   as a degradation.
@@ -178,6 +181,19 @@ def _normalise(node: Any, where: str, degraded: list[str]) -> None:
     if "multipleOf" in node and node.get("type") != "integer":
         degraded.append(f"{where}: 'multipleOf' on numbers is not enforced")
     _normalise_bounds(node, where, degraded)
+    required = node.get("required")
+    if "properties" not in node and isinstance(required, list) and required:
+        # No properties at all: xgrammar would refuse every key, required
+        # ones too. Like an object without required keys, any key may come
+        # (the required ones first, with any value).
+        node["properties"] = {}
+        node.setdefault("additionalProperties", True)
+        for name in required:
+            if isinstance(name, str) and node["additionalProperties"] is not False:
+                node["properties"][name] = {}
+                degraded.append(
+                    f"{where}: required key {name!r} has no schema (any value)"
+                )
     props = node.get("properties")
     if isinstance(props, dict):
         for name in [n for n, s in props.items() if s is False]:
@@ -268,6 +284,44 @@ def _normalise_bounds(node: dict[str, Any], where: str, degraded: list[str]) -> 
     lo, hi = node.get("minLength", 0), node.get("maxLength")
     if hi is not None and lo > hi:
         raise UnusableSchemaError(f"{where}: minLength {lo} > maxLength {hi}")
+    if "minLength" not in node and "maxLength" not in node:
+        return
+    _fit_values_to_lengths(node, lo, hi, where)
+    if "format" in node:
+        # A format's grammar may need more (or fewer) characters than the
+        # bounds leave, a dead end no mask can see coming; the bounds win.
+        del node["format"]
+        degraded.append(
+            f"{where}: 'format' is not enforced together with minLength/maxLength"
+        )
+
+
+def _fit_values_to_lengths(
+    node: dict[str, Any], lo: int, hi: int | None, where: str
+) -> None:
+    """Keep only the ``enum``/``const`` strings within the node's bounds.
+
+    The others are invalid anyway, and offering them could lead the grammar
+    where the length mask allows nothing.
+    """
+
+    def fits(value: Any) -> bool:
+        return not isinstance(value, str) or (
+            lo <= len(value) and (hi is None or len(value) <= hi)
+        )
+
+    if "const" in node and not fits(node["const"]):
+        raise UnusableSchemaError(
+            f"{where}: const {node['const']!r} is not within minLength/maxLength"
+        )
+    values = node.get("enum")
+    if isinstance(values, list) and values:
+        kept = [v for v in values if fits(v)]
+        if not kept:
+            raise UnusableSchemaError(
+                f"{where}: no enum value is within minLength/maxLength"
+            )
+        node["enum"] = kept
 
 
 def _strip_lengths(node: Any) -> bool:

@@ -3,8 +3,12 @@
 """The token facts the Enforcer needs, computed once per vocabulary.
 
 * the ids of Kimi's markers (``<|tool_call_begin|>`` is one token, 163597);
-* which ids are special (added tokens: markers, chat and reserved tokens);
-  inside tool arguments none of them may be written;
+* which ids are special (markers, chat and reserved tokens): inside tool
+  arguments none of them may be written, and no call header offers one.
+  Moonshot's tokenizer has 256 tiktoken specials (ids 163,584-163,839), but
+  ``get_added_vocab()`` lists 23 of them, ``all_special_ids`` 16, and
+  xgrammar none (it reads every marker as a plain byte string), so
+  :func:`tokenizer_special_ids` gathers them from every source;
 * every token's bytes, to offer exactly the tokens that continue
   ``functions.NAME:IDX`` in a call header.
 """
@@ -14,11 +18,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from vllm_kimi_tools import tokens as kt
-from vllm_kimi_tools.enforcer.lengths import BLANKS, LengthMasks
+from vllm_kimi_tools.enforcer.lengths import BLANKS, LengthMasks, QuoteMasks
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,10 @@ class Markers:
     think_begin: int | None
     think_end: int | None
     stops: tuple[int, ...]
+    # Chat structure: where the prompt's turns begin and end.
+    im_middle: int | None = None
+    im_assistant: int | None = None
+    turn_marks: tuple[int, ...] = ()  # role markers and <|im_end|>
 
     @classmethod
     def from_vocab(cls, vocab: Mapping[str, int]) -> Markers:
@@ -47,6 +56,13 @@ class Markers:
             think_begin=vocab.get(kt.THINK_BEGIN),
             think_end=vocab.get(kt.THINK_END),
             stops=stops,
+            im_middle=vocab.get(kt.IM_MIDDLE),
+            im_assistant=vocab.get(kt.IM_ASSISTANT),
+            turn_marks=tuple(
+                vocab[t]
+                for t in (kt.IM_USER, kt.IM_ASSISTANT, kt.IM_SYSTEM, kt.IM_END)
+                if t in vocab
+            ),
         )
 
     def tool_markup(self) -> tuple[int, ...]:
@@ -63,6 +79,7 @@ class TokenTable:
     _special_clear: np.ndarray = field(init=False, repr=False)
     _no_blank_start: np.ndarray = field(init=False, repr=False)
     _lengths: LengthMasks | None = field(default=None, init=False, repr=False)
+    _quotes: QuoteMasks | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_bytes: dict[bytes, list[int]] = defaultdict(list)
@@ -113,6 +130,12 @@ class TokenTable:
             self._lengths = LengthMasks(self.token_bytes)
         return self._lengths
 
+    @property
+    def quotes(self) -> QuoteMasks:
+        if self._quotes is None:
+            self._quotes = QuoteMasks(self.token_bytes)
+        return self._quotes
+
     def continuations(self, written: bytes, targets: Sequence[bytes]) -> list[int]:
         """Non-special tokens that extend ``written`` towards some target."""
         out: set[int] = set()
@@ -128,3 +151,22 @@ class TokenTable:
                 seen.add(piece)
                 out.update(self._by_bytes.get(piece, ()))
         return sorted(out)
+
+
+def tokenizer_special_ids(tokenizer: Any, vocab_size: int) -> set[int]:
+    """Every special id of a Hugging Face tokenizer, below ``vocab_size``.
+
+    The union of ``all_special_ids``, the added vocabulary, a tiktoken-style
+    ``special_tokens`` mapping (Moonshot's remote code has one, with all 256),
+    the ids past the tokenizer's own length (padding of the model's
+    embedding) and, for a Kimi-sized vocabulary, :data:`tokens.SPECIAL_ID_RANGE`.
+    """
+    specials = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    specials.update(tokenizer.get_added_vocab().values())
+    mapping = getattr(tokenizer, "special_tokens", None)
+    if isinstance(mapping, Mapping):
+        specials.update(v for v in mapping.values() if isinstance(v, int))
+    specials.update(range(len(tokenizer), vocab_size))
+    if vocab_size == kt.VOCAB_SIZE:
+        specials.update(kt.SPECIAL_ID_RANGE)
+    return {i for i in specials if 0 <= i < vocab_size}

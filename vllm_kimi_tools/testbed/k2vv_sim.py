@@ -36,6 +36,11 @@ from vllm_kimi_tools.testbed.k2vv import (
     accumulate_stream,
     check_message,
 )
+from vllm_kimi_tools.testbed.responses_api import (
+    accumulate_events,
+    chat_message,
+    responses_body,
+)
 from vllm_kimi_tools.testbed.scenarios import CLOSERS, Scenario
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
 
@@ -82,13 +87,15 @@ FAILURE_TAGS = (
 MAX_TOKENS_MARGIN = 128
 
 
-def start_server(config: str, model: Path, cache: Path, log_dir: Path) -> VllmServer:
+def start_server(
+    config: str, model: Path, cache: Path, log_dir: Path, tag: str = ""
+) -> VllmServer:
     _, args, env = CONFIGS[config]
     return VllmServer(
         model,
         ["--enable-auto-tool-choice", *args, "--logits-processors", PUPPET],
         cache_dir=cache,
-        log_path=log_dir / f"k2vv-{config}.log",
+        log_path=log_dir / f"k2vv-{config}{'-' + tag if tag else ''}.log",
         env=env,
     )
 
@@ -139,6 +146,8 @@ class Simulation:
         return scenario.body(script, self.closers, max_tokens)
 
     def run(self, scenario: Scenario) -> Result:
+        if scenario.api == "responses":
+            return self._run_responses(scenario)
         body = self.request(scenario)
         start = time.perf_counter()
         if scenario.stream:
@@ -161,6 +170,29 @@ class Simulation:
         result = judge(scenario, message, finish_reason)
         result.latency_s = latency
         result.completion_tokens = int(usage.get("completion_tokens") or 0)
+        return result
+
+    def _run_responses(self, scenario: Scenario) -> Result:
+        body = responses_body(self.request(scenario))
+        start = time.perf_counter()
+        if scenario.stream:
+            try:
+                events = self.server.stream("/v1/responses", body, timeout=600)
+            except OSError as e:
+                return _http_error(scenario, getattr(e, "code", 0), str(e))
+            message, finish_reason = accumulate_events(events)
+            final = next(
+                (e["response"] for e in reversed(events) if e.get("response")), {}
+            )
+        else:
+            status, final = self.server.post("/v1/responses", body, timeout=600)
+            if status != 200:
+                return _http_error(scenario, status, str(final)[:300])
+            message, finish_reason = chat_message(final)
+        result = judge(scenario, message, finish_reason)
+        result.latency_s = time.perf_counter() - start
+        usage = final.get("usage") or {}
+        result.completion_tokens = int(usage.get("output_tokens") or 0)
         return result
 
     def run_all(

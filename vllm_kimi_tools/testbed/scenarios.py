@@ -22,6 +22,7 @@ Pure: no vLLM, no server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class Scenario:
     expected_calls: list[tuple[str, dict[str, Any]]] | None = None
     expected_content: str | None = None
     expected_reasoning: str | None = None
+    # The chat template the server renders with (``k2``: K2 / K2-Thinking,
+    # the model opens its own thinking; ``k25``: K2.5+, the prompt does).
+    template: str = "k2"
+    api: str = "chat"  # chat | responses
+    tool_choice: Any = None  # None: the API's default ("auto")
 
     @property
     def is_correct(self) -> bool:
@@ -68,7 +74,7 @@ class Scenario:
 
     def body(self, script: list[int], closers: list[int], max_tokens: int) -> dict:
         """The request (``script``: ``output`` tokenized, ``<|im_end|>`` last)."""
-        return {
+        body = {
             "model": "tinykimi",
             "messages": self.messages,
             "tools": self.tools,
@@ -81,6 +87,9 @@ class Scenario:
                 "puppet_closers": closers,
             },
         }
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice
+        return body
 
 
 def tool(name: str, parameters: dict[str, Any], description: str = "") -> dict:
@@ -415,11 +424,122 @@ def correct_scenarios(n: int, seed: int = 0) -> list[Scenario]:
     return scenarios
 
 
-def suite(size: str = "full", seed: int = 0) -> list[Scenario]:
+def for_k25(scenario: Scenario) -> Scenario:
+    """The same intention on a K2.5+ server, whose prompt opens the thinking
+    (``…<|im_middle|><think>``) or closes it (``<think></think>``, thinking
+    off): the model's output starts inside its thinking, so it does not
+    write the ``<think>`` itself."""
+
+    def opened(text: str | None) -> str | None:
+        if text is None or not scenario.thinking:
+            return text
+        return text.removeprefix(THINK)
+
+    return dataclasses.replace(
+        scenario,
+        id=f"{scenario.id} [k25]",
+        template="k25",
+        output=opened(scenario.output) or "",
+        truncate_after=opened(scenario.truncate_after),
+    )
+
+
+def k25_scenarios() -> list[Scenario]:
+    """What only the K2.5+ format has: thinking opened by the prompt and
+    closed by the model, a call right after ``</think>``, a call inside
+    thinking the model never closed, thinking switched off."""
+    weather = [("get_weather", {"city": "Oslo", "days": 2})]
+    args = dumps(weather[0][1])
+    reasoning = "The user wants the forecast."
+    cases = [
+        (
+            "thinking opened by the prompt",
+            True,
+            reasoning + THINK_END + "Sunny.",
+            [],
+            "Sunny.",
+        ),
+        (
+            "call right after </think>",
+            True,
+            reasoning + THINK_END + section(call("get_weather", args, 0)),
+            weather,
+            None,
+        ),
+        (
+            "call inside unterminated thinking",
+            True,
+            reasoning + section(call("get_weather", args, 0)),
+            weather,
+            None,
+        ),
+        (
+            "thinking off",
+            False,
+            "Checking." + section(call("get_weather", args, 0)),
+            weather,
+            "Checking.",
+        ),
+    ]
+    messages, _ = _history("clean")
+    out = []
+    for category, thinking, text, calls, content in cases:
+        for stream in (False, True):
+            flags = ["k25"] + ["stream"] * stream
+            out.append(
+                Scenario(
+                    id=f"{category} [{', '.join(flags)}]",
+                    category=category,
+                    messages=messages,
+                    tools=TOOLS,
+                    output=text,
+                    stream=stream,
+                    thinking=thinking,
+                    intends_call=bool(calls),
+                    expected_calls=calls,
+                    expected_content=content,
+                    expected_reasoning=reasoning if thinking else None,
+                    template="k25",
+                )
+            )
+    return out
+
+
+def forced_scenarios(template: str = "k2", n: int = 4) -> list[Scenario]:
+    """Correct single calls under ``tool_choice`` required and named (thinking
+    first in every other one), with no text around them: forced tool choice
+    allows none."""
+    single = [
+        c
+        for c in correct_scenarios(60, seed=1)
+        if len(c.expected_calls or ()) == 1 and c.expected_content is None
+    ]
+    out = []
+    for i, case in enumerate(single[:n]):
+        assert case.expected_calls
+        choice: Any = (
+            "required"
+            if i % 2 == 0
+            else {"type": "function", "function": {"name": case.expected_calls[0][0]}}
+        )
+        label = "required" if i % 2 == 0 else "named"
+        scenario = dataclasses.replace(
+            case, id=f"{case.id} [{label}]", tool_choice=choice
+        )
+        out.append(for_k25(scenario) if template == "k25" else scenario)
+    return out
+
+
+def suite(size: str = "full", seed: int = 0, template: str = "k2") -> list[Scenario]:
     """``full``: every failure variant and 200 BFCL calls; ``ci``: one variant
-    per failure mode and 16 BFCL calls."""
+    per failure mode and 16 BFCL calls. ``template="k25"``: the same
+    intentions written for a K2.5+ prompt, plus :func:`k25_scenarios`."""
     if size == "full":
-        return failure_scenarios(True) + correct_scenarios(200, seed)
-    if size == "ci":
-        return failure_scenarios(False) + correct_scenarios(16, seed)
-    raise ValueError(f"unknown suite size {size!r} (full, ci)")
+        scenarios = failure_scenarios(True) + correct_scenarios(200, seed)
+    elif size == "ci":
+        scenarios = failure_scenarios(False) + correct_scenarios(16, seed)
+    else:
+        raise ValueError(f"unknown suite size {size!r} (full, ci)")
+    if template == "k25":
+        return [for_k25(s) for s in scenarios] + k25_scenarios()
+    return scenarios

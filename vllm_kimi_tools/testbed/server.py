@@ -61,6 +61,8 @@ class VllmServer:
         env: dict[str, str] | None = None,
         startup_timeout: float = 300.0,
     ) -> None:
+        from vllm_kimi_tools.testbed.tinykimi import needs_remote_code
+
         self.model = str(model)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -81,6 +83,7 @@ class VllmServer:
             str(256 * 2**20),
             "--served-model-name",
             "tinykimi",
+            *(["--trust-remote-code"] if needs_remote_code(model) else []),
             *args,
         ]
         self.cmd = cmd

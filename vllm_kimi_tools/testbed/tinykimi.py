@@ -1,19 +1,28 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""Build a tiny random-weight model that speaks Kimi K2's format, offline.
+"""Build a tiny random-weight model that speaks Kimi's format, offline.
 
-The real Kimi tokenizer (tiktoken + remote code) cannot be downloaded here, so
-this builds a byte-level BPE tokenizer whose *ids* match Kimi's: 163,584 base
-tokens, then Kimi's special tokens at their real ids (``<|im_end|>`` = 163586,
-``<|tool_calls_section_begin|>`` = 163595, …, ``</think>`` = 163607), the rest
-of 163,584–163,839 as ``<|reserved_token_N|>``: a 163,840-token vocabulary,
-so grammar and mask costs measured on it are those of the real model. The
-model is a 2-layer Llama (head_dim 32, as vLLM's CPU attention requires) with
-seeded random weights; the output is byte-for-byte deterministic.
+The tokenizer is **Moonshot's real one** whenever its files are at hand
+(``tiktoken.model`` plus the ``tokenization_kimi.py`` remote code, found
+through ``$VLLM_KIMI_TOOLS_KIMI_TOKENIZER`` or ``../shared`` beside the
+checkout): they are copied into the model directory and loaded with
+``trust_remote_code`` exactly as ``vllm serve --trust-remote-code`` loads a
+Kimi checkpoint (a Python "slow" tokenizer). Without them, a synthetic
+byte-level BPE tokenizer whose *ids* match Kimi's stands in: 163,584 base
+tokens, then Kimi's special tokens at their real ids (``<|im_end|>`` =
+163586, ``<|tool_calls_section_begin|>`` = 163595, …, ``</think>`` = 163607),
+the rest of 163,584–163,839 as ``<|reserved_token_N|>``. Both have 163,840
+ids, so grammar and mask costs measured on either are those of the real
+model; :func:`tokenizer_kind` says which one a model directory has.
+
+The model is a 2-layer Llama (head_dim 32, as vLLM's CPU attention requires)
+with seeded random weights; the build is byte-for-byte deterministic. The
+chat template is one of :data:`TEMPLATES` (``k2``: K2 / K2-Thinking rules;
+``k25``: the K2.5–K2.7 rules, thinking opened by the prompt).
 
 Usage::
 
-    python -m vllm_kimi_tools.testbed.tinykimi OUT_DIR
+    python -m vllm_kimi_tools.testbed.tinykimi OUT_DIR [--template k25]
 """
 
 from __future__ import annotations
@@ -34,8 +43,24 @@ from vllm_kimi_tools.tokens import (
     VOCAB_SIZE,
 )
 
-BUILD_VERSION = "1"  # bump when the output changes
-_TEMPLATE = Path(__file__).with_name("chat_template.jinja")
+BUILD_VERSION = "2"  # bump when the output changes
+_HERE = Path(__file__).resolve().parent
+# Chat templates written for the test bed (see docs/testbed.md).
+TEMPLATES = {
+    "k2": _HERE / "chat_template.jinja",
+    "k25": _HERE / "templates" / "k25.jinja",
+}
+# Moonshot's tokenizer files, as a Kimi checkpoint ships them.
+REAL_TOKENIZER_FILES = (
+    "tiktoken.model",
+    "tokenization_kimi.py",
+    "tool_declaration_ts.py",
+    "tokenizer_config.json",
+    "LICENSE",
+)
+REAL_TOKENIZER_ENV = "VLLM_KIMI_TOOLS_KIMI_TOKENIZER"
+REAL, SYNTHETIC = "real", "synthetic"
+_KIND_FILE = ".tinykimi-tokenizer"
 _HIDDEN, _HEADS, _LAYERS = 128, 4, 2
 
 _WORDS_TEXT = """
@@ -73,7 +98,49 @@ def _filler(i: int, rng: random.Random) -> str:
     return ("Ġ" if i % 2 else "") + body + f"{i:x}"
 
 
-def build_tokenizer(out: Path) -> None:
+def real_tokenizer_dir() -> Path | None:
+    """Moonshot's tokenizer files, if they are at hand (else None)."""
+    env = os.environ.get(REAL_TOKENIZER_ENV)
+    candidates = [Path(env)] if env else []
+    repo = _HERE.parent.parent
+    candidates.append(repo.parent / "shared" / "anchors" / "kimi" / "tokenizer-k25")
+    for path in candidates:
+        if all((path / name).is_file() for name in REAL_TOKENIZER_FILES[:4]):
+            return path
+    return None
+
+
+def tokenizer_kind(model_dir: str | os.PathLike[str]) -> str:
+    """``"real"`` or ``"synthetic"``: which tokenizer a built model has."""
+    return (Path(model_dir) / _KIND_FILE).read_text().strip()
+
+
+def needs_remote_code(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether loading the model's tokenizer runs its remote code."""
+    return (Path(model_dir) / "tokenization_kimi.py").exists()
+
+
+def describe(model_dir: str | os.PathLike[str]) -> str:
+    """One line saying which tokenizer and template a test-bed model uses."""
+    model_dir = Path(model_dir)
+    kind = tokenizer_kind(model_dir)
+    what = (
+        "Moonshot's real tokenizer (tiktoken, remote code)"
+        if kind == REAL
+        else "synthetic fast tokenizer (Moonshot's files not found)"
+    )
+    template = (model_dir / ".tinykimi-template").read_text().strip()
+    return f"{what}, {template} chat template"
+
+
+def copy_real_tokenizer(source: Path, out: Path, template: Path) -> None:
+    for name in REAL_TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    (out / "chat_template.jinja").write_text(template.read_text())
+
+
+def build_tokenizer(out: Path, template: Path) -> None:
     from tokenizers import (
         AddedToken,
         Tokenizer,
@@ -126,8 +193,7 @@ def build_tokenizer(out: Path) -> None:
     assert tok.get_vocab_size() == VOCAB_SIZE
 
     tok.save(str(out / "tokenizer.json"))
-    template = _TEMPLATE.read_text()
-    (out / "chat_template.jinja").write_text(template)
+    (out / "chat_template.jinja").write_text(template.read_text())
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "[BOS]",
@@ -199,24 +265,47 @@ def build_model(out: Path) -> None:
     )
 
 
-def _stamp() -> str:
+def _stamp(template: Path, source: Path | None) -> str:
     digest = hashlib.sha256(BUILD_VERSION.encode())
-    digest.update(_TEMPLATE.read_bytes())
+    digest.update(template.read_bytes())
+    if source is not None:
+        for name in REAL_TOKENIZER_FILES:
+            if (source / name).is_file():
+                digest.update((source / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def ensure_tinykimi(out: str | os.PathLike[str]) -> Path:
-    """Build the model into ``out`` unless an identical build is already there."""
+def ensure_tinykimi(
+    out: str | os.PathLike[str], *, template: str = "k2", tokenizer: str = "auto"
+) -> Path:
+    """Build the model into ``out`` unless an identical build is already there.
+
+    ``tokenizer``: ``"auto"`` (Moonshot's real tokenizer when its files are at
+    hand, else the synthetic one), ``"real"`` (an error without the files) or
+    ``"synthetic"``. ``template``: a key of :data:`TEMPLATES`.
+    """
     out = Path(out)
+    template_path = TEMPLATES[template]
+    source = None if tokenizer == SYNTHETIC else real_tokenizer_dir()
+    if tokenizer == REAL and source is None:
+        raise FileNotFoundError(
+            f"Moonshot's tokenizer not found; set {REAL_TOKENIZER_ENV} to its directory"
+        )
     stamp_file = out / ".tinykimi-stamp"
-    if stamp_file.exists() and stamp_file.read_text() == _stamp():
+    stamp = _stamp(template_path, source)
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tinykimi-", dir=out.parent))
     try:
-        build_tokenizer(tmp)
+        if source is not None:
+            copy_real_tokenizer(source, tmp, template_path)
+        else:
+            build_tokenizer(tmp, template_path)
         build_model(tmp)
-        (tmp / ".tinykimi-stamp").write_text(_stamp())
+        (tmp / _KIND_FILE).write_text(SYNTHETIC if source is None else REAL)
+        (tmp / ".tinykimi-template").write_text(template)
+        (tmp / ".tinykimi-stamp").write_text(stamp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -229,8 +318,13 @@ def ensure_tinykimi(out: str | os.PathLike[str]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="directory to write the model into")
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="k2")
+    parser.add_argument(
+        "--tokenizer", choices=("auto", REAL, SYNTHETIC), default="auto"
+    )
     args = parser.parse_args()
-    print(ensure_tinykimi(args.out))
+    model = ensure_tinykimi(args.out, template=args.template, tokenizer=args.tokenizer)
+    print(model, "-", describe(model))
 
 
 if __name__ == "__main__":
