@@ -23,6 +23,14 @@ Per step and per enforced row it applies one of three masks on the logits'
 own device: ban a few ids (free text), keep a few ids (markers, call
 header), or an xgrammar bitmask (arguments; xgrammar's CUDA/Triton kernel on
 GPU, its C++ kernel on CPU).
+
+**Containment.** Nothing a request does may take the engine down: every
+per-request stage (reading its tokens, advancing its machine, its mask) runs
+under its own guard, and an exception stands that request down (counted as
+``stood_down{reason="error"}``, logged once with its traceback) while the
+rest of the batch goes on. The per-step work is bounded too: schema walks
+have a node budget (:mod:`.enforcer.paths`), a grammar still compiling is
+waited for a bounded time (:mod:`.enforcer.grammars`).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +56,11 @@ from vllm_kimi_tools._compat import (
     init_logger,
     process_dict_updates,
     tokenizer_for,
+)
+from vllm_kimi_tools.enforcer.admission import (
+    MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_NODES,
+    check_shape,
 )
 from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, Phase, RequestEnforcer
 from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
@@ -67,14 +80,27 @@ BLOCKED_SAMPLE_ENV = "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE"
 
 
 def spec_of(params: Any) -> EnforcerSpec | None:
-    """The request's Enforcer spec (None: not enforced). Raises ValueError."""
+    """The request's Enforcer spec (None: not enforced). Raises ValueError.
+
+    vLLM also calls this at admission, in the API server (``validate_params``),
+    so a malformed spec, or one whose length schema is too deep or too large
+    to walk, is an HTTP 400 there, whoever wrote it.
+    """
     extra = getattr(params, "extra_args", None) or {}
     text = extra.get(SPEC_KEY)
     if text is None:
         return None
     if not isinstance(text, str):
         raise ValueError(f"{SPEC_KEY} must be a string")
-    return EnforcerSpec.from_json(text)
+    spec = EnforcerSpec.from_json(text)
+    for tool in spec.tools:
+        if tool.lengths is not None:
+            check_shape(
+                tool.lengths,
+                max_depth=MAX_SCHEMA_DEPTH * 2,
+                max_nodes=MAX_SCHEMA_NODES * 2,
+            )
+    return spec
 
 
 def _constrained_elsewhere(params: Any) -> bool:
@@ -98,7 +124,8 @@ class _Request:
     prompt: Callable[[int], Sequence[int]] | None = None
     consumed: int = 0
     stood_down: bool = False
-    fallbacks: int = 0  # the enforcer's fallbacks already counted
+    # The enforcer's degrades already counted, by kind.
+    degrades: dict[str, int] = field(default_factory=dict)
 
 
 class _StoreLoader:
@@ -175,11 +202,14 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
     def _new_request(self, params: Any) -> _Request | None:
         try:
             spec = spec_of(params)
+            if spec is None:
+                return None
+            return _Request(spec, guarded=_constrained_elsewhere(params))
         except ValueError:
             return None  # refused at admission already
-        if spec is None:
+        except Exception as e:  # never take the engine down
+            self._warn_once("error", "Kimi tool Enforcer ignored a request: %s", e)
             return None
-        return _Request(spec, guarded=_constrained_elsewhere(params))
 
     def _enforcer(self, req: _Request) -> RequestEnforcer:
         """The request's enforcer (phase OFF once it stood down)."""
@@ -197,27 +227,62 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                     self._stand_down(req, f"prompt: unreadable ({e})")
                     assert req.enforcer is not None
                     return req.enforcer
-                req.enforcer = RequestEnforcer(req.spec, store, start=start)
+                try:
+                    req.enforcer = RequestEnforcer(req.spec, store, start=start)
+                except Exception as e:
+                    self._contain(req, "start", e)
+                    assert req.enforcer is not None
+                    return req.enforcer
                 metrics.inc(metrics.ENFORCED_REQUESTS_TOTAL)
         assert req.enforcer is not None
         return req.enforcer
 
-    def _stand_down(self, req: _Request, reason: str) -> None:
+    def _stand_down(
+        self, req: _Request, reason: str, exc: BaseException | None = None
+    ) -> None:
         """Stop enforcing ``req``; counted, and logged once per kind."""
         if req.stood_down:
             return
         req.stood_down = True
-        if req.enforcer is None:
+        try:
+            if req.enforcer is None:
+                req.enforcer = _OFF
+            elif req.enforcer.phase is not Phase.OFF:
+                req.enforcer.stop(reason)
+        except Exception:  # a broken machine: replace it
             req.enforcer = _OFF
-        elif req.enforcer.phase is not Phase.OFF:
-            req.enforcer.stop(reason)
-        label = reason.split(" ", 1)[0]
+        label = reason.split(" ", 1)[0].rstrip(":")
         metrics.inc(metrics.STOOD_DOWN_TOTAL, 1, label)
-        if label not in self._warned:
-            self._warned.add(label)
-            logger.warning("Kimi tool Enforcer stood down for a request: %s", reason)
+        self._warn_once(
+            label, "Kimi tool Enforcer stood down for a request: %s", reason, exc=exc
+        )
+
+    def _contain(self, req: _Request, stage: str, exc: BaseException) -> None:
+        """An exception in one request's work: that request stands down."""
+        from vllm_kimi_tools.enforcer.grammars import GrammarNotReady
+
+        if isinstance(exc, GrammarNotReady):
+            self._stand_down(req, f"compile: {exc}")
+            return
+        self._stand_down(
+            req, f"error: {stage}: {type(exc).__name__}: {exc}"[:500], exc=exc
+        )
+
+    def _warn_once(
+        self, kind: str, message: str, *args: Any, exc: BaseException | None = None
+    ) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        logger.warning(message, *args, exc_info=exc)
 
     def _accept(self, req: _Request, tokens: list[int]) -> None:
+        try:
+            self._accept_tokens(req, tokens)
+        except Exception as e:  # contained to this request
+            self._contain(req, "accept", e)
+
+    def _accept_tokens(self, req: _Request, tokens: list[int]) -> None:
         enforcer = self._enforcer(req)
         if enforcer.phase is Phase.OFF:
             return
@@ -245,17 +310,16 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         only_rows: list[int] = []
         only_sel: list[int] = []
         only_ids: list[int] = []
-        fill_rows: list[int] = []
         active: list[tuple[int, _Request]] = []
+        dense_rows: list[int] = []
         for row, req in rows:
-            enforcer = self._enforcer(req)
-            if enforcer.phase is Phase.OFF:
+            try:
+                directive = self._directive(req, bitmask[row])
+            except Exception as e:  # contained to this request
+                bitmask[row] = -1
+                self._contain(req, "mask", e)
                 continue
-            directive = enforcer.directive(bitmask[row])
-            if enforcer.fallbacks != req.fallbacks:
-                self._count_fallbacks(req, enforcer)
-            if enforcer.phase is Phase.OFF:  # nothing at all was allowed
-                self._stand_down(req, enforcer.off_reason or "empty")
+            if directive is None:
                 continue
             if isinstance(directive, Ban):
                 ban_rows.extend([row] * len(directive.ids))
@@ -265,25 +329,71 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 only_sel.extend([row] * len(directive.ids))
                 only_ids.extend(directive.ids)
             elif isinstance(directive, Fill):
-                fill_rows.append(row)
-            else:
-                continue
+                # Sparse grammar rows are cheaper as a keep-list than as a
+                # bitmask.
+                words = bitmask[row]
+                if int(np.bitwise_count(words).sum()) <= SPARSE_ROW_MAX:
+                    ids_np = _set_bits(words)
+                    only_rows.append(row)
+                    only_sel.extend([row] * len(ids_np))
+                    only_ids.extend(ids_np.tolist())
+                    words[:] = -1
+                else:
+                    dense_rows.append(row)
             active.append((row, req))
         if not active:
             return
+        try:
+            self._apply_masks(
+                logits,
+                active,
+                ban_rows,
+                ban_ids,
+                only_rows,
+                only_sel,
+                only_ids,
+                dense_rows,
+            )
+        except Exception as e:  # never an engine error, never an empty row
+            bitmask[:] = -1
+            for row, req in active:
+                if torch.isneginf(logits[row]).all():
+                    logits[row] = 0.0
+                self._contain(req, "apply", e)
+        self._maybe_log()
+
+    def _directive(self, req: _Request, row: np.ndarray) -> Any:
+        """The request's directive for this step (None: not enforced)."""
+        enforcer = self._enforcer(req)
+        if enforcer.phase is Phase.OFF:
+            return None
+        directive = enforcer.directive(row)
+        if enforcer.degrades != req.degrades:
+            self._count_degrades(req, enforcer)
+        if enforcer.phase is Phase.OFF:  # nothing at all was allowed
+            row[:] = -1
+            self._stand_down(req, enforcer.off_reason or "empty")
+            return None
+        if isinstance(directive, Ban | Only):
+            vocab = len(row) * 32
+            if any(not 0 <= i < vocab for i in directive.ids):
+                raise ValueError("a directive names an id outside the vocabulary")
+        return directive
+
+    def _apply_masks(
+        self,
+        logits: torch.Tensor,
+        active: list[tuple[int, _Request]],
+        ban_rows: list[int],
+        ban_ids: list[int],
+        only_rows: list[int],
+        only_sel: list[int],
+        only_ids: list[int],
+        dense_rows: list[int],
+    ) -> None:
         device = logits.device
-        # Sparse grammar rows are cheaper as a keep-list than as a bitmask.
-        dense_rows: list[int] = []
-        for row in fill_rows:
-            words = bitmask[row]
-            if int(np.bitwise_count(words).sum()) <= SPARSE_ROW_MAX:
-                ids_np = _set_bits(words)
-                only_rows.append(row)
-                only_sel.extend([row] * len(ids_np))
-                only_ids.extend(ids_np.tolist())
-                words[:] = -1
-            else:
-                dense_rows.append(row)
+        bitmask = self._bitmask
+        assert bitmask is not None
         guarded = [(r, q) for r, q in active if q.guarded]
         saved = {r: logits[r].clone() for r, _ in guarded}
         # "Blocked": the model's first choice did not survive a short list or
@@ -329,18 +439,27 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             self._blocked = (
                 blocked if self._blocked is None else self._blocked + blocked
             )
-        self._maybe_log()
 
-    def _count_fallbacks(self, req: _Request, enforcer: RequestEnforcer) -> None:
-        self.length_fallbacks += enforcer.fallbacks - req.fallbacks
-        req.fallbacks = enforcer.fallbacks
-        if "fallback" not in self._warned:
-            self._warned.add("fallback")
-            logger.warning(
-                "Kimi tool Enforcer: the string length masks of tool %r left no "
-                "token with the grammar; that row used the grammar alone (its "
+    def _count_degrades(self, req: _Request, enforcer: RequestEnforcer) -> None:
+        for kind, n in enforcer.degrades.items():
+            new = n - req.degrades.get(kind, 0)
+            if new > 0:
+                self.length_fallbacks += new
+                metrics.inc(metrics.LENGTH_FALLBACKS_TOTAL, new, kind)
+        req.degrades = dict(enforcer.degrades)
+        why = {
+            "dead_end": "left no token with the grammar; that row used the "
+            "grammar alone",
+            "budget": "could not be looked up within the walk budget; they are "
+            "not enforced for this request",
+        }
+        for kind in enforcer.degrades:
+            self._warn_once(
+                f"fallback:{kind}",
+                "Kimi tool Enforcer: the string length masks of tool %r %s (a "
                 "length bound may be broken). Counted as length fallbacks.",
                 enforcer.current_tool,
+                why.get(kind, kind),
             )
 
     def _maybe_log(self) -> None:
@@ -348,6 +467,12 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if now - self._last_log < self._log_interval:
             return
         self._last_log = now
+        try:
+            self._log_summary()
+        except Exception as e:  # reporting never takes the engine down
+            self._warn_once("log", "Kimi tool Enforcer could not report: %s", e)
+
+    def _log_summary(self) -> None:
         self.flush_metrics()
         if logger.isEnabledFor(logging.INFO):
             c = metrics.counts()
@@ -368,14 +493,17 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def flush_metrics(self) -> None:
         """Move device-side tallies to the counters (one sync)."""
-        if self._blocked is not None:
-            metrics.inc(metrics.BLOCKED_TOKENS_TOTAL, int(self._blocked.item()))
-            self._blocked = None
-        store = self._loader.store
-        if store is not None:
-            seconds = store.stats.compile_seconds
-            metrics.inc(metrics.COMPILE_SECONDS_TOTAL, seconds - self._compile_s)
-            self._compile_s = seconds
+        try:
+            if self._blocked is not None:
+                blocked, self._blocked = self._blocked, None
+                metrics.inc(metrics.BLOCKED_TOKENS_TOTAL, int(blocked.item()))
+            store = self._loader.store
+            if store is not None:
+                seconds = store.stats.compile_seconds
+                metrics.inc(metrics.COMPILE_SECONDS_TOTAL, seconds - self._compile_s)
+                self._compile_s = seconds
+        except Exception as e:  # reporting never takes the engine down
+            self._warn_once("log", "Kimi tool Enforcer could not report: %s", e)
 
     # -- V1 runner ---------------------------------------------------------
 
@@ -400,8 +528,16 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
     ) -> torch.Tensor:
         if not self._requests:
             return logits
-        if ctx is not None:
-            return self._apply_v2(logits, ctx)
+        try:
+            if ctx is not None:
+                return self._apply_v2(logits, ctx)
+            return self._apply_v1(logits)
+        except Exception as e:  # last resort: the batch goes on unenforced
+            for req in self._requests.values():
+                self._contain(req, "batch", e)
+            return logits
+
+    def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
         rows: list[tuple[int, _Request]] = []
         for row, req in self._requests.items():
             if row >= logits.shape[0]:
@@ -455,23 +591,32 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         enforced: list[tuple[int, _Request]] = []
         for (row, slot), p, tok in zip(rows, pos, newest):
             req = self._requests[slot]
-            prompt_len = int(states.prompt_len.np[slot])
-            written = p - prompt_len + 1  # output tokens committed so far
-            missing = written - req.consumed
-            if missing > 0:
-                history: list[int] = []
-                if missing > 1:  # resumed after preemption: read the history
-                    start = prompt_len + req.consumed
-                    history = (
-                        states.all_token_ids.gpu[slot, start : start + missing - 1]
-                        .cpu()
-                        .tolist()
-                    )
-                self._accept(req, [*history, tok])
-                req.consumed = written
+            try:
+                self._catch_up_v2(req, slot, p, tok)
+            except Exception as e:  # contained to this request
+                self._contain(req, "read", e)
             enforced.append((row, req))
         self._mask(logits, enforced)
         return logits
+
+    def _catch_up_v2(self, req: _Request, slot: int, pos: int, newest: int) -> None:
+        states = self._v2_states
+        assert states is not None
+        prompt_len = int(states.prompt_len.np[slot])
+        written = pos - prompt_len + 1  # output tokens committed so far
+        missing = written - req.consumed
+        if missing <= 0:
+            return
+        history: list[int] = []
+        if missing > 1:  # resumed after preemption: read the history
+            start = prompt_len + req.consumed
+            history = (
+                states.all_token_ids.gpu[slot, start : start + missing - 1]
+                .cpu()
+                .tolist()
+            )
+        self._accept(req, [*history, newest])
+        req.consumed = written
 
 
 def _set_bits(words: np.ndarray) -> np.ndarray:

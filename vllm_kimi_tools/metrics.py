@@ -4,14 +4,26 @@
 
 * ``vllm_kimi_tools:dropped_tool_calls_total{reason}``: calls the model wrote
   that were not returned as tool calls (API server).
-* ``vllm_kimi_tools:enforcer_degraded_schemas_total``: tool schemas compiled
-  to a looser grammar than they state (API server).
+* ``vllm_kimi_tools:enforcer_degraded_schemas_total``: notes on tool schemas
+  the Enforcer rewrote inexactly (API server; one per note).
+* ``vllm_kimi_tools:enforcer_loose_tools_total``: tools enforced with a
+  grammar looser than their schema, whose calls may fail ``jsonschema``
+  (API server; once per tool per request).
+* ``vllm_kimi_tools:enforcer_refused_requests_total{reason}``: requests
+  refused at admission (HTTP 400): ``schema`` (unusable or unsatisfiable),
+  ``budget`` (no call fits the output budget), ``request``, ``error`` (an
+  unexpected failure preparing the tools, logged with its traceback; API
+  server).
 * ``vllm_kimi_tools:enforcer_requests_total``, ``..._blocked_tokens_total``
   (steps where the Enforcer changed the model's first choice; estimated
   from one step in ``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``),
-  ``..._compile_seconds_total``, ``..._stood_down_total{reason}``: the
-  Enforcer in the engine. They reach ``/metrics`` when the engine runs in the
-  API server's process; the Enforcer also logs them periodically.
+  ``..._compile_seconds_total``, ``..._stood_down_total{reason}`` (``error``
+  for an exception contained to its request, ``compile``, ``empty``,
+  ``rejected``, ``conflict``, ``blind``, ``speculative``, ``unavailable``,
+  ``prompt``) and ``..._length_fallbacks_total{reason}`` (steps where a
+  string length bound gave way: ``dead_end``, ``budget``): the Enforcer in
+  the engine. They reach ``/metrics`` when the engine runs in the API
+  server's process; the Enforcer also logs them periodically.
 
 The same counts are kept in-process (:func:`counts`) for tests and logs.
 """
@@ -29,6 +41,9 @@ ENFORCED_REQUESTS_TOTAL = PREFIX + "enforcer_requests_total"
 BLOCKED_TOKENS_TOTAL = PREFIX + "enforcer_blocked_tokens_total"
 COMPILE_SECONDS_TOTAL = PREFIX + "enforcer_compile_seconds_total"
 STOOD_DOWN_TOTAL = PREFIX + "enforcer_stood_down_total"
+LENGTH_FALLBACKS_TOTAL = PREFIX + "enforcer_length_fallbacks_total"
+LOOSE_TOOLS_TOTAL = PREFIX + "enforcer_loose_tools_total"
+REFUSED_REQUESTS_TOTAL = PREFIX + "enforcer_refused_requests_total"
 
 _HELP = {
     DROPPED_TOOL_CALLS_TOTAL: (
@@ -44,6 +59,18 @@ _HELP = {
     COMPILE_SECONDS_TOTAL: ("Seconds spent compiling argument grammars.", []),
     STOOD_DOWN_TOTAL: (
         "Requests the Enforcer stopped enforcing, by reason.",
+        ["reason"],
+    ),
+    LENGTH_FALLBACKS_TOTAL: (
+        "Decode steps where a string length bound gave way, by reason.",
+        ["reason"],
+    ),
+    LOOSE_TOOLS_TOTAL: (
+        "Tools enforced with a grammar looser than their schema.",
+        [],
+    ),
+    REFUSED_REQUESTS_TOTAL: (
+        "Requests refused at admission by the Enforcer, by reason.",
         ["reason"],
     ),
 }

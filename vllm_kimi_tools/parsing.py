@@ -27,7 +27,7 @@ string-encoded arguments, and marker text inside JSON strings.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,9 @@ class DropReason(enum.StrEnum):
     UNRESOLVED = "unresolved_id"
     INVALID_ARGUMENTS = "invalid_arguments"
     TRUNCATED = "truncated"
+    # An enforced request's call that still fails its schema (a tool the
+    # Enforcer could only enforce loosely, or one it stood down for).
+    SCHEMA_INVALID = "schema_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +175,16 @@ class KimiToolCallParser:
             ids continue from there (``functions.NAME:history+i``).
     """
 
-    def __init__(self, tools: Sequence[ToolSpec], history_tool_calls: int = 0) -> None:
+    def __init__(
+        self,
+        tools: Sequence[ToolSpec],
+        history_tool_calls: int = 0,
+        checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
+    ) -> None:
         self._tools = tuple(tools)
+        # Per tool name: the schema errors of an arguments value. Given, a
+        # call with errors is dropped (SCHEMA_INVALID) instead of returned.
+        self._checkers = checkers
         self._names = tuple(t.name for t in self._tools)
         self._history = history_tool_calls
         self._schemas = _SchemaMatcher(self._tools)
@@ -378,6 +389,10 @@ class KimiToolCallParser:
         if name is None:
             self._drop(raw_id, resolved.guessed_name, DropReason.UNDECLARED, raw_args)
             return
+        check = self._checkers.get(name) if self._checkers is not None else None
+        if check is not None and check(args.value):
+            self._drop(raw_id, name, DropReason.SCHEMA_INVALID, raw_args)
+            return
         index = self._emitted
         self._emitted += 1
         self._out.tool_calls.append(
@@ -399,10 +414,13 @@ class KimiToolCallParser:
 
 
 def parse_tool_calls(
-    text: str, tools: Sequence[ToolSpec], history_tool_calls: int = 0
+    text: str,
+    tools: Sequence[ToolSpec],
+    history_tool_calls: int = 0,
+    checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
 ) -> ParseDelta:
     """Parse a complete model output."""
-    parser = KimiToolCallParser(tools, history_tool_calls)
+    parser = KimiToolCallParser(tools, history_tool_calls, checkers)
     result = parser.feed(text)
     result.extend(parser.finish())
     return result

@@ -35,7 +35,12 @@ from vllm_kimi_tools._compat import (
     init_logger,
 )
 from vllm_kimi_tools.conversation import count_tool_calls
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+from vllm_kimi_tools.enforcer.request import (
+    ToolDecl,
+    argument_checkers,
+    build_spec,
+    output_budget,
+)
 from vllm_kimi_tools.enforcer.spec import OPT_OUT_KEY, SPEC_KEY, opted_out
 from vllm_kimi_tools.parsing import (
     DroppedToolCall,
@@ -117,23 +122,52 @@ def wants_enforcer(request: Any) -> bool:
     return not opted_out(xargs.get(OPT_OUT_KEY))
 
 
-def attach_enforcer_spec(request: Any) -> None:
+def enforced_checkers(request: Any) -> dict[str, Any] | None:
+    """For an enforced request, per tool the schema check every returned call
+    must pass (docs/enforcer.md, "Validation of the calls"); else None."""
+    if SPEC_KEY not in (getattr(request, "vllm_xargs", None) or {}):
+        return None
+    return argument_checkers(request_tool_decls(request))
+
+
+def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> None:
     """Put the request's Enforcer spec in ``vllm_xargs`` (in place).
 
-    Raises ``ValueError`` (HTTP 400) for tools no call could satisfy.
+    Raises ``ValueError`` (HTTP 400) for tools no call could satisfy, within
+    the request's ``max_tokens`` where the call is forced (``max_model_len``:
+    the server's, when known). Never anything else: an unexpected failure
+    is a 400 too, logged with its traceback.
     """
     named = named_tool_choice(request)
     choice = request.tool_choice if isinstance(request.tool_choice, str) else "auto"
-    spec, notes = build_spec(
-        request_tool_decls(request),
-        first_index=history_tool_call_count(request),
-        choice=choice,
-        named=named,
-        parallel=request.parallel_tool_calls is not False,
-    )
+    try:
+        spec, notes = build_spec(
+            request_tool_decls(request),
+            first_index=history_tool_call_count(request),
+            choice=choice,
+            named=named,
+            parallel=request.parallel_tool_calls is not False,
+            max_tokens=output_budget(request),
+            max_model_len=max_model_len,
+        )
+    except ValueError as e:
+        reason = getattr(e, "reason", "request")
+        metrics.inc(metrics.REFUSED_REQUESTS_TOTAL, 1, reason)
+        raise
+    except Exception as e:  # a bug must not become an HTTP 500 or worse
+        metrics.inc(metrics.REFUSED_REQUESTS_TOTAL, 1, "error")
+        logger.exception("%s Enforcer: could not prepare the tools", PARSER_NAME)
+        raise ValueError(
+            f"{PARSER_NAME}: the tool schemas could not be prepared for "
+            f"constrained decoding ({type(e).__name__}); send "
+            f'"vllm_xargs": {{"{OPT_OUT_KEY}": false}} to decode without it'
+        ) from None
     for note in notes:
         metrics.inc(metrics.DEGRADED_SCHEMAS_TOTAL)
         logger.warning("%s Enforcer: %s", PARSER_NAME, note)
+    loose = [tool.name for tool in spec.tools if not tool.exact]
+    if loose:
+        metrics.inc(metrics.LOOSE_TOOLS_TOTAL, len(loose))
     request.vllm_xargs = {**(request.vllm_xargs or {}), SPEC_KEY: spec.to_json()}
 
 
@@ -189,6 +223,11 @@ class KimiK2RobustToolParser(ToolParser):
         # vLLM's caller keeps its own reference: change the request in place.
         if wants_enforcer(request):
             attach_enforcer_spec(request)
+        elif SPEC_KEY in (request.vllm_xargs or {}):
+            # Only this parser writes the spec: a client's own is not trusted.
+            request.vllm_xargs = {
+                k: v for k, v in request.vllm_xargs.items() if k != SPEC_KEY
+            }
         return request
 
     def get_structural_tag(self, request: Any, **kwargs: Any) -> Any:
@@ -213,6 +252,7 @@ class KimiK2RobustToolParser(ToolParser):
             model_output,
             request_tool_specs(request),
             history_tool_call_count(request),
+            enforced_checkers(request),
         )
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
@@ -243,7 +283,9 @@ class KimiK2RobustToolParser(ToolParser):
     ) -> DeltaMessage | None:
         if self._stream is None:
             self._stream = KimiToolCallParser(
-                request_tool_specs(request), history_tool_call_count(request)
+                request_tool_specs(request),
+                history_tool_call_count(request),
+                enforced_checkers(request),
             )
         if self._stream_text is not None and delta_token_ids:
             # The token ids are the exact text, whatever the detokenizer did.

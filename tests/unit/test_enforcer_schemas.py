@@ -156,8 +156,16 @@ def _string(**kw) -> dict:
 
 def test_enum_values_outside_the_length_bounds_are_not_offered() -> None:
     prepared = prepare_schema(_string(enum=["ab", "abcd", 7], maxLength=3))
-    assert prepared.schema["properties"]["s"]["enum"] == ["ab", 7]
-    assert json.loads(prepared.grammar_json)["properties"]["s"]["enum"] == ["ab", 7]
+    # 'abcd' is too long and 7 is not a string: neither is ever valid.
+    assert prepared.schema["properties"]["s"]["enum"] == ["ab"]
+    assert json.loads(prepared.grammar_json)["properties"]["s"]["enum"] == ["ab"]
+    untyped = prepare_schema(
+        {
+            "type": "object",
+            "properties": {"s": {"enum": ["ab", "abcd", 7], "maxLength": 3}},
+        }
+    )
+    assert untyped.schema["properties"]["s"]["enum"] == ["ab", 7]
     with pytest.raises(UnusableSchemaError, match="no enum value"):
         prepare_schema(_string(enum=["abcd"], maxLength=3))
     with pytest.raises(UnusableSchemaError, match="const"):
@@ -216,7 +224,188 @@ def test_required_keys_without_properties_become_any_value_keys() -> None:
     ],
 )
 def test_string_lengths(schema, path, spans) -> None:
-    from vllm_kimi_tools.enforcer.lengths import string_lengths
+    from vllm_kimi_tools.enforcer.paths import string_lengths
 
     found = string_lengths(schema, path)
     assert (found.spans if found else None) == spans
+
+
+# -- composition xgrammar would get wrong -----------------------------------
+
+
+def _props(prepared) -> dict:
+    return json.loads(prepared.grammar_json)["properties"]
+
+
+def test_keywords_beside_any_of_move_into_each_branch() -> None:
+    """xgrammar drops keywords beside anyOf (``{"pattern": "^a", "anyOf":
+    [...]}`` accepted "b"): they are merged into every branch."""
+    prepared = prepare_schema(
+        {
+            "type": "object",
+            "properties": {
+                "s": {
+                    "type": "string",
+                    "pattern": "^a",
+                    "anyOf": [{"format": "email"}, {"enum": ["ab", "b"]}],
+                }
+            },
+        }
+    )
+    assert _props(prepared)["s"] == {
+        "anyOf": [
+            {"format": "email", "type": "string", "pattern": "^a"},
+            {"enum": ["ab", "b"], "type": "string", "pattern": "^a"},
+        ]
+    }
+    assert prepared.exact
+    # A branch the keywords exclude is dropped (exact).
+    typed = prepare_schema(
+        _string(enum=["a", "b"], anyOf=[{"const": "a"}, {"type": "null"}])
+    )
+    assert _props(typed)["s"] == {
+        "anyOf": [{"const": "a", "type": "string", "enum": ["a", "b"]}]
+    }
+    assert typed.exact
+    # Branches that conflict with the keywords: loose.
+    clash = prepare_schema(
+        _string(pattern="^a", anyOf=[{"pattern": "b"}, {"type": "integer"}])
+    )
+    assert not clash.exact and "beside 'anyOf'" in clash.loose[0]
+
+
+def test_all_of_is_merged_recursively() -> None:
+    prepared = prepare_schema(
+        {
+            "type": "object",
+            "properties": {
+                "x": {
+                    "allOf": [
+                        {"allOf": [{"type": "integer"}, {"minimum": 2}]},
+                        {"maximum": 9, "description": "d"},
+                    ]
+                }
+            },
+        }
+    )
+    assert _props(prepared)["x"] == {
+        "type": "integer",
+        "minimum": 2,
+        "maximum": 9,
+        "description": "d",
+    }
+    assert prepared.exact
+    # Branches that cannot be merged exactly stay, and are loose.
+    clash = prepare_schema(
+        {
+            "type": "object",
+            "properties": {"x": {"allOf": [{"pattern": "^a"}, {"pattern": "b$"}]}},
+        }
+    )
+    assert not clash.exact and "allOf" in clash.loose[0]
+
+
+def test_keywords_beside_a_ref_are_merged_into_its_target() -> None:
+    prepared = prepare_schema(
+        {
+            "$defs": {"name": {"type": "string", "pattern": "^[a-z]+$"}},
+            "type": "object",
+            "properties": {
+                "n": {"$ref": "#/$defs/name", "maxLength": 8, "description": "x"}
+            },
+        }
+    )
+    node = prepared.schema["properties"]["n"]
+    assert node["pattern"] == "^[a-z]+$" and node["maxLength"] == 8
+    assert "$ref" not in node and node["description"] == "x"
+    # Annotations beside a $ref change nothing: it stays a $ref.
+    plain = prepare_schema(
+        {
+            "$defs": {"name": {"type": "string"}},
+            "type": "object",
+            "properties": {"n": {"$ref": "#/$defs/name", "title": "t"}},
+        }
+    )
+    assert plain.schema["properties"]["n"]["$ref"] == "#/$defs/name"
+    assert plain.exact
+
+
+@pytest.mark.parametrize(
+    ("branches", "exact"),
+    [
+        ([{"type": "string"}, {"type": "integer"}], True),
+        ([{"type": "integer"}, {"type": "number"}], False),  # 1 is both
+        ([{"type": "string"}, {"type": "string", "maxLength": 3}], False),
+        ([{"const": "a"}, {"enum": [1, 2]}], True),
+        (
+            [
+                {
+                    "type": "object",
+                    "properties": {"k": {"const": "a"}},
+                    "required": ["k"],
+                },
+                {
+                    "type": "object",
+                    "properties": {"k": {"const": "b"}},
+                    "required": ["k"],
+                },
+            ],
+            True,
+        ),
+    ],
+)
+def test_one_of_is_exact_only_when_its_branches_are_disjoint(branches, exact):
+    prepared = prepare_schema(
+        {"type": "object", "properties": {"x": {"oneOf": branches}}}
+    )
+    assert prepared.exact is exact, prepared.loose
+
+
+@pytest.mark.parametrize(
+    ("node", "exact", "grammar"),
+    [
+        (
+            {"type": "number", "multipleOf": 5},
+            True,
+            {"type": "integer", "multipleOf": 5},
+        ),
+        (
+            {"type": "integer", "multipleOf": 3.0},
+            True,
+            {"type": "integer", "multipleOf": 3},
+        ),
+        ({"type": "number", "multipleOf": 0.0001}, False, None),
+        ({"type": "integer", "multipleOf": 0.5}, False, None),
+        ({"type": "integer", "multipleOf": 3, "minimum": 1}, False, None),
+        (
+            {"type": "integer", "minimum": -0.5, "exclusiveMaximum": 4},
+            True,
+            {"type": "integer", "minimum": 0, "exclusiveMaximum": 4},
+        ),
+    ],
+)
+def test_multiple_of_is_enforced_or_loose(node, exact, grammar) -> None:
+    prepared = prepare_schema({"type": "object", "properties": {"x": node}})
+    assert prepared.exact is exact, prepared.loose
+    if grammar is not None:
+        assert _props(prepared)["x"] == grammar
+    else:
+        assert "multipleOf" in prepared.loose[0]
+
+
+def test_a_lookaround_pattern_is_loose() -> None:
+    prepared = prepare_schema(_string(pattern="(?=.*x)^[a-z]+$"))
+    assert not prepared.exact and "lookahead" in prepared.loose[0]
+
+
+def test_the_spec_carries_which_tools_are_exact() -> None:
+    spec, _ = build_spec(
+        [
+            ToolDecl("a", {"type": "object", "properties": {"n": {"type": "number"}}}),
+            ToolDecl("b", {"type": "object", "properties": {"n": {"multipleOf": 0.1}}}),
+        ],
+        first_index=0,
+    )
+    again = EnforcerSpec.from_json(spec.to_json())
+    assert [t.exact for t in again.tools] == [True, False]
+    assert again == spec

@@ -9,6 +9,8 @@ token in ``ctx.input_ids`` and history in ``all_token_ids``.
 
 from __future__ import annotations
 
+import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,10 +169,10 @@ def test_v1_conflicting_constraints_restore_the_row(grammar_store, m) -> None:
     )
     logits = torch.full((1, V), float("-inf"))
     logits[0, m.call_end] = 1.0  # what an earlier stage left
-    before = metrics.counts().get(f"{metrics.STOOD_DOWN_TOTAL}{{conflict:}}", 0)
+    before = metrics.counts().get(f"{metrics.STOOD_DOWN_TOTAL}{{conflict}}", 0)
     lp.apply(logits)
     assert finite(logits[0]) == {m.call_end}
-    assert metrics.counts()[f"{metrics.STOOD_DOWN_TOTAL}{{conflict:}}"] == before + 1
+    assert metrics.counts()[f"{metrics.STOOD_DOWN_TOTAL}{{conflict}}"] == before + 1
 
 
 def test_v1_async_placeholder_stands_down(grammar_store, m) -> None:
@@ -190,7 +192,7 @@ def test_v1_contradicting_token_stands_down_counted(grammar_store, m) -> None:
     out: list[int] = []
     lp.update_state(update(added=[(0, params(), [1], out)], size=1))
     lp.apply(torch.zeros(1, V))
-    key = f"{metrics.STOOD_DOWN_TOTAL}{{rejected:}}"
+    key = f"{metrics.STOOD_DOWN_TOTAL}{{rejected}}"
     before = metrics.counts().get(key, 0)
     out.append(m.call_end)  # sampled although the Enforcer banned it
     logits = torch.zeros(1, V)
@@ -343,7 +345,7 @@ def test_an_empty_grammar_row_stands_down(
     lp = processor(grammar_store)
     out = list(to_args)
     lp.update_state(update(added=[(0, params(), PROMPTS["k2"], out)], size=1))
-    key = f"{metrics.STOOD_DOWN_TOTAL}{{empty:}}"
+    key = f"{metrics.STOOD_DOWN_TOTAL}{{empty}}"
     before = metrics.counts().get(key, 0)
     logits = torch.zeros(1, V)
     lp.apply(logits)
@@ -356,7 +358,7 @@ def test_length_fallbacks_are_counted(grammar_store, m, monkeypatch, to_args) ->
     from vllm_kimi_tools.enforcer.machine import RequestEnforcer
 
     def fallback(self, row):
-        self.fallbacks += 1
+        self._degrade("dead_end")
         return True
 
     monkeypatch.setattr(RequestEnforcer, "_args_mask", fallback)
@@ -366,3 +368,203 @@ def test_length_fallbacks_are_counted(grammar_store, m, monkeypatch, to_args) ->
     for _ in range(2):
         lp.apply(torch.zeros(1, V))
     assert lp.length_fallbacks == 2
+
+
+# -- containment: a request can never take the engine down --------------------
+
+
+def params_for(schema, **kw) -> SamplingParams:
+    spec, _ = build_spec([ToolDecl("f", schema)], first_index=0, **kw)
+    return SamplingParams(extra_args={SPEC_KEY: spec.to_json()})
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _explode(*args, **kw):
+    raise _Boom("a machine bug")
+
+
+def test_an_exception_in_one_request_stands_only_it_down(
+    grammar_store, m, monkeypatch
+) -> None:
+    """Row 0's machine raises in directive(), then row 2's in accept(): each
+    stands down (counted as ``error``, logged once), the batch goes on and
+    the other rows stay enforced."""
+    warnings: list[str] = []
+    monkeypatch.setattr(
+        "vllm_kimi_tools.logits_processor.logger.warning",
+        lambda msg, *a, **kw: warnings.append(msg % a),
+    )
+    lp = processor(grammar_store)
+    outs: list[list[int]] = [[m.section_begin] for _ in range(3)]
+    lp.update_state(
+        update(added=[(i, params(), PROMPTS["k2"], outs[i]) for i in range(3)], size=3)
+    )
+    lp.apply(torch.zeros(3, V))
+    key = f"{metrics.STOOD_DOWN_TOTAL}{{error}}"
+    before = metrics.counts().get(key, 0)
+    lp._requests[0].enforcer.directive = _explode
+    logits = torch.zeros(3, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V  # stood down: untouched
+    assert finite(logits[1]) == finite(logits[2]) == {m.call_begin}
+    lp._requests[2].enforcer.accept = _explode
+    outs[2].append(m.call_begin)
+    outs[1].append(m.call_begin)
+    logits = torch.zeros(3, V)
+    lp.apply(logits)
+    assert len(finite(logits[2])) == V
+    assert m.call_begin not in finite(logits[1])  # row 1: in its call header
+    assert 0 < len(finite(logits[1])) < 100
+    assert metrics.counts()[key] == before + 2
+    assert [lp._requests[i].stood_down for i in range(3)] == [True, False, True]
+    errors = [w for w in warnings if "error:" in w]
+    assert len(errors) == 1 and "_Boom: a machine bug" in errors[0]
+
+
+def test_a_failing_batch_mask_leaves_no_empty_row(grammar_store, m, monkeypatch):
+    lp = processor(grammar_store)
+    lp.update_state(update(added=[(0, params(), [1], [m.section_begin])], size=1))
+    monkeypatch.setattr(KimiToolEnforcer, "_apply_masks", _explode)
+    logits = torch.zeros(1, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V and lp._requests[0].stood_down
+
+
+def test_v2_contains_a_failing_machine(grammar_store, m) -> None:
+    states = SimpleNamespace(
+        prompt_len=SimpleNamespace(np=np.zeros(4, dtype=np.int64)),
+        all_token_ids=SimpleNamespace(gpu=torch.zeros(4, 8, dtype=torch.int64)),
+    )
+    lp = processor(grammar_store, states)
+    lp.add_request(0, params())
+    lp.add_request(1, params())
+    lp.apply(torch.zeros(2, V), ctx_for([0, 1], [0, 0], [1, 1]))
+    lp._requests[1].enforcer.accept = _explode
+    logits = torch.zeros(2, V)
+    lp.apply(logits, ctx_for([0, 1], [1, 1], [m.section_begin, m.section_begin]))
+    assert finite(logits[0]) == {m.call_begin}
+    assert len(finite(logits[1])) == V and lp._requests[1].stood_down
+
+
+def test_a_grammar_still_compiling_stands_down_as_compile(
+    grammar_store, m, monkeypatch, to_args
+) -> None:
+    from vllm_kimi_tools.enforcer.grammars import GrammarNotReady
+
+    def slow(self, key, wait_s=None):
+        raise GrammarNotReady("the argument grammar was not compiled within 5 s")
+
+    monkeypatch.setattr(type(grammar_store), "get", slow)
+    lp = processor(grammar_store)
+    lp.update_state(update(added=[(0, params(), PROMPTS["k2"], list(to_args))], size=1))
+    key = f"{metrics.STOOD_DOWN_TOTAL}{{compile}}"
+    before = metrics.counts().get(key, 0)
+    logits = torch.zeros(1, V)
+    lp.apply(logits)
+    assert len(finite(logits[0])) == V
+    assert metrics.counts()[key] == before + 1
+
+
+def test_a_forged_spec_is_refused_at_admission() -> None:
+    deep: dict = {"type": "string"}
+    for _ in range(300):
+        deep = {"properties": {"a": deep}}
+    spec = (
+        '{"v": 1, "tools": [{"name": "f", "grammar": "{}", "lengths": '
+        + json.dumps(deep)
+        + "}]}"
+    )
+    for text in (spec, '{"v": 1, "tools": [{"name": 3}]}', "[1]", '{"v": 1}'):
+        with pytest.raises(ValueError):
+            KimiToolEnforcer.validate_params(
+                SamplingParams(extra_args={SPEC_KEY: text})
+            )
+
+
+def _fan_out(levels: int) -> dict:
+    defs = {
+        f"d{i}": {
+            "anyOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 3
+            + [{"type": "string", "maxLength": i + 1}]
+        }
+        for i in range(levels)
+    }
+    defs[f"d{levels}"] = {"type": "string", "maxLength": 2}
+    return {
+        "$defs": defs,
+        "type": "object",
+        "properties": {"s": {"$ref": "#/$defs/d0"}},
+        "required": ["s"],
+    }
+
+
+ISSUE_SCHEMAS = {
+    "enum beyond maxLength": {
+        "type": "object",
+        "properties": {"s": {"enum": ["abcdef", "ghijkl", "ab"], "maxLength": 3}},
+        "required": ["s"],
+    },
+    "format and maxLength": {
+        "type": "object",
+        "properties": {"d": {"type": "string", "format": "date", "maxLength": 8}},
+        "required": ["d"],
+    },
+    "anyOf of bounded strings": {
+        "type": "object",
+        "properties": {
+            "s": {
+                "anyOf": [
+                    {"type": "string", "maxLength": 3},
+                    {"type": "string", "maxLength": 5, "pattern": "^a"},
+                    {"type": "string", "minLength": 2, "maxLength": 7},
+                ]
+            }
+        },
+        "required": ["s"],
+    },
+    "anyOf/$ref fan-out": _fan_out(30),
+}
+
+
+@pytest.mark.parametrize("name", list(ISSUE_SCHEMAS))
+def test_the_issue_schemas_decode_through_the_processor(
+    real_grammar_store, name
+) -> None:
+    """The hostile client's schemas, forced, with random logits on the real
+    vocabulary: no exception, no empty row, every step fast, the call ends
+    and its arguments validate."""
+    from jsonschema import Draft202012Validator
+
+    schema = ISSUE_SCHEMAS[name]
+    store = real_grammar_store
+    mk = store.table.markers
+    lp = processor(store)
+    out: list[int] = []
+    lp.update_state(
+        update(added=[(0, params_for(schema, choice="required"), [1], out)], size=1)
+    )
+    gen = torch.Generator().manual_seed(0)
+    slowest = 0.0
+    for _ in range(200):
+        logits = torch.randn(1, V, generator=gen)
+        start = time.perf_counter()
+        lp.apply(logits)
+        slowest = max(slowest, time.perf_counter() - start)
+        assert not torch.isneginf(logits[0]).all()
+        # Prefer closing: the call ends within the step budget.
+        for t in (mk.call_end, *mk.stops, mk.section_end):
+            if not torch.isneginf(logits[0, t]):
+                logits[0, t] += 50
+        token = int(torch.argmax(logits[0]))
+        out.append(token)
+        if token in mk.stops:
+            break
+    req = lp._requests[0]
+    assert not req.stood_down and req.enforcer.phase.value == "after", req
+    assert slowest < 0.5
+    text = b"".join(store.table.token_bytes[t] for t in out).decode()
+    args = text.split("<|tool_call_argument_begin|>")[1].split("<|tool_call_end|>")[0]
+    assert Draft202012Validator(schema).is_valid(json.loads(args)), args

@@ -540,3 +540,40 @@ def test_chat_requests_turn_the_spaces_off(real_composed) -> None:
     cls(tok, request.tools).adjust_request(request)
     assert request.spaces_between_special_tokens is False
     assert request.skip_special_tokens is False
+
+
+def test_enforced_request_never_returns_a_schema_invalid_call(parser_cls, tokenizer):
+    """A loose tool (multipleOf 0.0001 is not enforceable) may still be
+    written wrong: the parser drops such a call, counted."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "pay",
+            "parameters": {
+                "type": "object",
+                "properties": {"amount": {"type": "number", "multipleOf": 0.0001}},
+                "required": ["amount"],
+            },
+        },
+    }
+    before = metrics.dropped_counts().get("schema_invalid", 0)
+    text = lambda v: section(call("functions.pay:0", f'{{"amount": {v}}}'))  # noqa: E731
+    request = _request(tools=[tool], messages=[{"role": "user", "content": "pay"}])
+    parser = parser_cls(tokenizer, request.tools)
+    parser.adjust_request(request)
+    assert "kimi_tools_enforcer" in request.vllm_xargs
+    _, _, calls = parser.parse(text("0.00015"), request, enable_auto_tools=True)
+    assert not calls
+    assert metrics.dropped_counts()["schema_invalid"] == before + 1
+    _, _, calls = parser_cls(tokenizer, request.tools).parse(
+        text("0.0002"), request, enable_auto_tools=True
+    )
+    assert [c.arguments for c in calls] == ['{"amount": 0.0002}']
+
+
+def test_a_clients_own_enforcer_spec_is_not_trusted(parser_cls, tokenizer):
+    request = _request(
+        vllm_xargs={"kimi_tools_enforcer": "{}", "kimi_tools_enforce": False}
+    )
+    parser_cls(tokenizer, request.tools).adjust_request(request)
+    assert "kimi_tools_enforcer" not in request.vllm_xargs

@@ -7,6 +7,11 @@ queued for compilation when it is admitted, on a background thread, and each
 compiled grammar is cached, so another request with an overlapping tool set
 pays nothing. xgrammar releases the GIL while it compiles, so decoding goes
 on. The cache is bounded (``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
+
+A call that reaches its arguments before its grammar is ready waits for it,
+at most ``VLLM_KIMI_TOOLS_COMPILE_WAIT_S`` seconds (default 5); then
+:class:`GrammarNotReady` is raised (the Enforcer stands down for that
+request) and later requests do not wait for that grammar until it is ready.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +35,11 @@ from vllm_kimi_tools.enforcer.vocab import TokenTable, tokenizer_special_ids
 # The same text prepare_schema gives a `strict: false` tool: one cache entry.
 ANY_OBJECT_KEY = json.dumps(ANY_OBJECT, separators=(",", ":"))
 CACHE_MB_ENV = "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB"
+COMPILE_WAIT_ENV = "VLLM_KIMI_TOOLS_COMPILE_WAIT_S"
+
+
+class GrammarNotReady(RuntimeError):
+    """A grammar still compiling after the decode step's wait."""
 
 
 @dataclass
@@ -39,6 +50,7 @@ class CompileStats:
     failures: int = 0
     waits: int = 0
     wait_seconds: float = 0.0
+    timeouts: int = 0
 
 
 class GrammarStore:
@@ -51,9 +63,13 @@ class GrammarStore:
         *,
         cache_bytes: int | None = None,
         threads: int | None = None,
+        wait_s: float | None = None,
     ) -> None:
         if cache_bytes is None:
             cache_bytes = int(os.environ.get(CACHE_MB_ENV, "512")) * (1 << 20)
+        if wait_s is None:
+            wait_s = float(os.environ.get(COMPILE_WAIT_ENV, "5"))
+        self.wait_s = wait_s
         threads = threads or max(1, min(8, (os.cpu_count() or 2) // 2))
         self.table = table
         self._compiler = xgr.GrammarCompiler(
@@ -68,6 +84,12 @@ class GrammarStore:
         self._ready_bytes = 0
         self._pending: dict[str, Future[xgr.CompiledGrammar]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kimi-enforcer-compile")
+        # A grammar needed now while the queue is busy compiles here.
+        self._urgent_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="kimi-enforcer-compile-now"
+        )
+        self._urgent: dict[str, Future[xgr.CompiledGrammar]] = {}
+        self._slow: set[str] = set()  # waited for once already: no more waits
         self.stats = CompileStats()
         self.failed: dict[str, str] = {}
         self.any_object = self._compile(ANY_OBJECT_KEY)
@@ -96,8 +118,9 @@ class GrammarStore:
                     continue
                 self._pending[key] = self._pool.submit(self._compile_and_store, key)
 
-    def get(self, key: str) -> xgr.CompiledGrammar:
-        """The compiled grammar, compiling now if it is not ready yet.
+    def get(self, key: str, wait_s: float | None = None) -> xgr.CompiledGrammar:
+        """The compiled grammar, waiting at most ``wait_s`` (default: the
+        store's) for it; raises :class:`GrammarNotReady` past that.
 
         Falls back to "any JSON object" for a schema xgrammar cannot compile
         (already reported by :meth:`prefetch`'s worker).
@@ -111,18 +134,30 @@ class GrammarStore:
             if key in self.failed:
                 return self.any_object
             future = self._pending.get(key)
+            if future is None or not (future.running() or future.done()):
+                # Not started (queued behind others): compile it now, aside.
+                future = self._urgent.get(key)
+                if future is None:
+                    future = self._urgent_pool.submit(self._compile_and_store, key)
+                    self._urgent[key] = future
+            slow = key in self._slow
+        timeout = 0.0 if slow else self.wait_s if wait_s is None else wait_s
         start = time.perf_counter()
-        if future is not None and (future.running() or future.done()):
-            try:
-                grammar = future.result()
-            except Exception:
-                grammar = self.any_object
-        else:
-            # Not started (queued behind others): compile just this one here.
-            grammar = self._compile_and_store(key)
-        with self._lock:
-            self.stats.waits += 1
-            self.stats.wait_seconds += time.perf_counter() - start
+        try:
+            grammar = future.result(timeout=timeout)
+        except FutureTimeout:
+            with self._lock:
+                self._slow.add(key)
+                self.stats.timeouts += 1
+            raise GrammarNotReady(
+                f"the argument grammar was not compiled within {timeout:g} s"
+            ) from None
+        except Exception:
+            grammar = self.any_object
+        finally:
+            with self._lock:
+                self.stats.waits += 1
+                self.stats.wait_seconds += time.perf_counter() - start
         return grammar
 
     def _compile_and_store(self, key: str) -> xgr.CompiledGrammar:
@@ -137,6 +172,7 @@ class GrammarStore:
                 self.failed[key] = str(e)
                 self.stats.failures += 1
                 self._pending.pop(key, None)
+                self._urgent.pop(key, None)
             return self.any_object
         with self._lock:
             if key not in self._ready:
@@ -146,6 +182,8 @@ class GrammarStore:
                 _, old = self._ready.popitem(last=False)
                 self._ready_bytes -= old.memory_size_bytes
             self._pending.pop(key, None)
+            self._urgent.pop(key, None)
+            self._slow.discard(key)
         return grammar
 
     def _compile(self, key: str) -> xgr.CompiledGrammar:
@@ -168,6 +206,7 @@ class GrammarStore:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._urgent_pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ANY_OBJECT_KEY", "CompileStats", "GrammarStore"]
+__all__ = ["ANY_OBJECT_KEY", "CompileStats", "GrammarNotReady", "GrammarStore"]

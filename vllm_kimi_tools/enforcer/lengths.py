@@ -10,9 +10,9 @@ unbounded and instead follows the arguments as they are written::
     {"city": "Par|      path ("city",), inside a string value, 3 chars so far
 
 :class:`JsonCursor` tracks the path, the character count (code points, like
-``jsonschema``) and what may come next; :func:`string_lengths` finds the
-lengths allowed at a path; :class:`LengthMasks` turns (count, lengths) into
-an allowed-token mask. A character is counted where it starts (a UTF-8 lead
+``jsonschema``) and what may come next; :mod:`.paths` finds the lengths
+allowed at a path; :class:`LengthMasks` turns (count, lengths) into an
+allowed-token mask. A character is counted where it starts (a UTF-8 lead
 byte, an escape's backslash), so a count taken mid-token never falls short of
 what is written; a ``\\uXXXX`` low surrogate right after a high one takes
 its count back, so a closed string's count is exact.
@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import regex
 
 Path = tuple[str | int, ...]
 
@@ -226,139 +225,21 @@ class Lengths:
             return None
         return cls(tuple((lo, hi) for lo, hi in merged))
 
+    @classmethod
+    def none(cls) -> Lengths:
+        """No length at all (no string is valid here)."""
+        return cls(())
+
     @property
     def low(self) -> int:
-        return self.spans[0][0]
+        return self.spans[0][0] if self.spans else 0
 
     @property
     def high(self) -> int | None:
-        return self.spans[-1][1]
+        return self.spans[-1][1] if self.spans else -1
 
     def allows(self, n: int) -> bool:
         return any(lo <= n and (hi is None or n <= hi) for lo, hi in self.spans)
-
-
-def string_lengths(schema: dict[str, Any], path: Path) -> Lengths | None:
-    """The lengths allowed for a string written at ``path``; None if any.
-
-    Where several sub-schemas apply (``anyOf``...), a string is allowed a
-    length some *free* one (a string schema without ``enum``/``const``)
-    allows: the grammar may take any free branch, so offering a length only an
-    ``enum`` branch needs could let a free branch's string grow past its own
-    bound. Only where every string schema is an ``enum``/``const`` are their
-    values' exact lengths used. The result is never looser than the schema.
-    """
-    free: list[Span] = []
-    exact: set[int] = set()
-    for node in schema_nodes(schema, path):
-        if node is True:
-            free.append((0, None))
-            continue
-        if not isinstance(node, dict):
-            continue
-        lo, hi = node.get("minLength", 0), node.get("maxLength")
-        if "enum" in node or "const" in node:
-            if not _types_allow_string(node):
-                continue
-            values = node["enum"] if "enum" in node else [node["const"]]
-            if "const" in node and "enum" in node:
-                values = [v for v in values if v == node["const"]]
-            exact.update(
-                len(v)
-                for v in values
-                if isinstance(v, str) and lo <= len(v) and (hi is None or len(v) <= hi)
-            )
-        elif _accepts_string(node):
-            free.append((lo, hi))
-    return Lengths.of(free or [(n, n) for n in exact])
-
-
-def schema_nodes(schema: dict[str, Any], path: Path) -> list[Any]:
-    """The sub-schemas that apply at ``path`` (``anyOf``... and ``$ref``
-    expanded; ``True`` where anything goes)."""
-    nodes = _expand(schema, [schema])
-    for step in path:
-        nxt: list[Any] = []
-        for node in nodes:
-            nxt.extend(_child(schema, node, step))
-        nodes = _expand(schema, nxt)
-    return nodes
-
-
-def _types_allow_string(node: dict[str, Any]) -> bool:
-    declared = node.get("type")
-    if declared is None:
-        return True
-    return "string" in (declared if isinstance(declared, list) else [declared])
-
-
-def _accepts_string(node: Any) -> bool:
-    if node is True:
-        return True
-    if not isinstance(node, dict):
-        return False
-    declared = node.get("type")
-    if declared is None:
-        return not any(k in node for k in ("enum", "const"))
-    return "string" in (declared if isinstance(declared, list) else [declared])
-
-
-def _resolve(root: dict[str, Any], ref: str) -> Any:
-    if not ref.startswith("#"):
-        return True  # remote refs are not followed: no bound known
-    node: Any = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
-            return True
-        node = node[part]
-    return node
-
-
-def _expand(root: dict[str, Any], nodes: Sequence[Any], depth: int = 0) -> list[Any]:
-    out: list[Any] = []
-    for node in nodes:
-        if not isinstance(node, dict):
-            out.append(node)
-            continue
-        branches = [
-            b for key in ("anyOf", "oneOf", "allOf") for b in node.get(key) or []
-        ]
-        if "$ref" in node and depth < 32:
-            branches.append(_resolve(root, node["$ref"]))
-        if branches and depth < 32:
-            out.extend(_expand(root, branches, depth + 1))
-            rest = {
-                k: v for k, v in node.items() if k not in ("anyOf", "oneOf", "allOf")
-            }
-            if "type" in rest:
-                out.append(rest)
-        else:
-            out.append(node)
-    return out
-
-
-def _child(root: dict[str, Any], node: Any, step: str | int) -> list[Any]:
-    if not isinstance(node, dict):
-        return [True] if node is True else []
-    if isinstance(step, int):
-        prefix = node.get("prefixItems") or []
-        if step < len(prefix):
-            return [prefix[step]]
-        items = node.get("items", True)
-        return [items] if items is not False else []
-    props = node.get("properties") or {}
-    if step in props:
-        return [props[step]]
-    matched = [
-        sub
-        for pattern, sub in (node.get("patternProperties") or {}).items()
-        if regex.search(pattern, step)
-    ]
-    if matched:
-        return matched
-    extra = node.get("additionalProperties", True)
-    return [extra] if extra is not False else []
 
 
 class LengthMasks:

@@ -33,7 +33,7 @@ the turn in them); named and ``parallel_tool_calls=false`` allow one call.
 
 No row is ever empty: if the length and quote masks together with the
 grammar would leave no token, the row falls back to the grammar's (counted
-in :attr:`RequestEnforcer.fallbacks`); if even the grammar allows nothing,
+in :attr:`RequestEnforcer.degrades`); if even the grammar allows nothing,
 the Enforcer stops (``off_reason`` starts with ``empty``).
 """
 
@@ -45,13 +45,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vllm_kimi_tools.enforcer.lengths import (
-    JsonCursor,
-    Lengths,
-    Path,
-    Where,
-    string_lengths,
-)
+from vllm_kimi_tools.enforcer.lengths import JsonCursor, Lengths, Path, Where
+from vllm_kimi_tools.enforcer.paths import SchemaBudgetError, SchemaIndex
 from vllm_kimi_tools.enforcer.prompt import OutputStart
 from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec, ToolGrammar
 
@@ -128,9 +123,11 @@ class RequestEnforcer:
         self.calls = 0
         self.tokens = 0
         self.off_reason: str | None = None
-        # Rows where the length/quote masks left nothing and the grammar's
-        # row was used instead (a degrade: the bound may be broken).
-        self.fallbacks = 0
+        # Degrades, by kind: ``dead_end`` (the length/quote masks left
+        # nothing and the grammar's row was used instead) and ``budget`` (a
+        # schema walk ran past its budget; that tool's lengths were dropped).
+        # Either way a length bound may be broken.
+        self.degrades: dict[str, int] = {}
         self._forced = spec.choice != AUTO
         self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
         self.phase = Phase.THINK if start is OutputStart.THINKING else Phase.TEXT
@@ -141,8 +138,9 @@ class RequestEnforcer:
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
-        # Length bounds by JSON path, per tool (the schema walk is not free).
-        self._bounds: dict[tuple[str, Path], Lengths | None] = {}
+        # Length bounds by JSON path, per tool (memoised, bounded walks).
+        self._index: dict[str, SchemaIndex] = {}
+        self._unbounded: set[str] = set()  # tools whose lengths were dropped
         grammars.prefetch(tool.grammar for tool in spec.tools)
 
         # A bare ``<|tool_call_begin|>`` (no section wrapper, B14) opens an
@@ -219,7 +217,7 @@ class RequestEnforcer:
         row &= self._table.special_clear_words
         cursor = self._cursor
         tool = self._by_name[self._tool] if self._tool else None
-        bounded = cursor is not None and tool is not None and bool(tool.lengths)
+        bounded = cursor is not None and tool is not None and self._bounded(tool)
         blanks = cursor is not None and cursor.blank_run >= MAX_BLANK_RUN
         if not (bounded or blanks):
             return bool(row.any())
@@ -240,9 +238,20 @@ class RequestEnforcer:
             return True
         # Safety net (a schema the masks cannot serve, e.g. a pattern that
         # needs more characters than maxLength leaves): the grammar's row.
-        self.fallbacks += 1
+        self._degrade("dead_end")
         row[:] = grammar
         return bool(row.any())
+
+    @property
+    def fallbacks(self) -> int:
+        """Degraded steps so far (every kind)."""
+        return sum(self.degrades.values())
+
+    def _degrade(self, kind: str) -> None:
+        self.degrades[kind] = self.degrades.get(kind, 0) + 1
+
+    def _bounded(self, tool: ToolGrammar) -> bool:
+        return bool(tool.lengths) and tool.name not in self._unbounded
 
     def refused_by(self, token: int) -> list[str]:
         """Which argument masks refuse ``token`` now (diagnostics, not the
@@ -265,7 +274,7 @@ class RequestEnforcer:
         if cursor.blank_run >= MAX_BLANK_RUN and refuses(table.no_blank_start_words):
             out.append("blanks")
         tool = self._by_name[self._tool] if self._tool else None
-        if tool is not None and tool.lengths:
+        if tool is not None and self._bounded(tool):
             where = cursor.where()
             if refuses(self._quote_words(tool, cursor, where)):
                 out.append("quotes")
@@ -297,12 +306,19 @@ class RequestEnforcer:
         return self._lengths_at(tool, cursor.path())
 
     def _lengths_at(self, tool: ToolGrammar, path: Path) -> Lengths | None:
-        if not tool.lengths:
+        if not self._bounded(tool):
             return None
-        key = (tool.name, path)
-        if key not in self._bounds:
-            self._bounds[key] = string_lengths(tool.lengths, path)
-        return self._bounds[key]
+        index = self._index.get(tool.name)
+        if index is None:
+            index = self._index[tool.name] = SchemaIndex(tool.lengths)
+        try:
+            return index.lengths(path)
+        except (SchemaBudgetError, RecursionError):
+            # Admission keeps bounded schemas well within the budget; if one
+            # is not, its lengths are dropped rather than stall the batch.
+            self._unbounded.add(tool.name)
+            self._degrade("budget")
+            return None
 
     @property
     def cursor(self) -> JsonCursor | None:

@@ -3,16 +3,25 @@
 """Declared tools + ``tool_choice`` → :class:`.spec.EnforcerSpec` (pure).
 
 Runs in the API server at admission, so an unusable tool schema is refused
-with a clear message (HTTP 400) before anything reaches the engine.
+with a clear message (HTTP 400) before anything reaches the engine: every
+schema is normalised, checked, and its grammar built once without a
+tokenizer (:mod:`.schemas`); a schema no call can satisfy within the
+request's output budget is refused too (:func:`build_spec`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_kimi_tools.enforcer.schemas import UnusableSchemaError, prepare_schema
+from vllm_kimi_tools.enforcer.admission import ENVELOPE_TOKENS, MAX_CHARS_PER_TOKEN
+from vllm_kimi_tools.enforcer.schemas import (
+    PreparedSchema,
+    UnusableSchemaError,
+    prepare_schema,
+)
 from vllm_kimi_tools.enforcer.spec import (
     AUTO,
     NAMED,
@@ -20,6 +29,32 @@ from vllm_kimi_tools.enforcer.spec import (
     EnforcerSpec,
     ToolGrammar,
 )
+
+# Output tokens assumed possible when neither the request's max_tokens nor
+# the server's max_model_len is known: more than any Kimi context (256k).
+DEFAULT_TOKEN_CEILING = 1 << 20
+# Tools per request: a call header step looks at every declared name.
+MAX_TOOLS = 1024
+
+
+class AdmissionError(ValueError):
+    """A request the Enforcer refuses (HTTP 400); ``reason`` labels the
+    ``enforcer_refused_requests_total`` counter: ``schema``, ``budget`` or
+    ``request``."""
+
+    def __init__(self, message: str, reason: str = "schema") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def output_budget(request: Any) -> int | None:
+    """A request's output budget (Chat: ``max_completion_tokens`` or
+    ``max_tokens``; Responses: ``max_output_tokens``); None when unset."""
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = getattr(request, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,6 +64,11 @@ class ToolDecl:
     strict: bool | None = None  # OpenAI's per-tool flag; False: envelope only
 
 
+def tokens_needed(prepared: PreparedSchema) -> float:
+    """A lower bound on the output tokens of one call to this tool."""
+    return ENVELOPE_TOKENS + math.ceil(prepared.min_chars / MAX_CHARS_PER_TOKEN)
+
+
 def build_spec(
     tools: Sequence[ToolDecl],
     *,
@@ -36,41 +76,120 @@ def build_spec(
     choice: str = AUTO,
     named: str | None = None,
     parallel: bool = True,
+    max_tokens: int | None = None,
+    max_model_len: int | None = None,
 ) -> tuple[EnforcerSpec, list[str]]:
     """The Enforcer spec for a request, and notes on degraded schemas.
+
+    ``max_tokens``: the request's output budget (None: not set);
+    ``max_model_len``: the server's (None: :data:`DEFAULT_TOKEN_CEILING`).
+    A tool whose shortest call needs more tokens than any request could have
+    is refused; with ``tool_choice`` required or named, so is a request
+    where no candidate tool's call fits in ``max_tokens``.
 
     Raises ``ValueError`` (HTTP 400) for unusable tools.
     """
     notes: list[str] = []
     grammars: list[ToolGrammar] = []
+    needs: dict[str, tuple[float, str]] = {}
     seen: set[str] = set()
+    ceiling = max_model_len or DEFAULT_TOKEN_CEILING
+    if len(tools) > MAX_TOOLS:
+        raise AdmissionError(
+            f"{len(tools)} tools declared; the Enforcer takes at most {MAX_TOOLS}",
+            "request",
+        )
     for tool in tools:
         if not tool.name or not isinstance(tool.name, str):
-            raise ValueError("every tool needs a non-empty function name")
+            raise AdmissionError(
+                "every tool needs a non-empty function name", "request"
+            )
         if tool.name in seen:
-            raise ValueError(f"tool {tool.name!r} is declared twice")
+            raise AdmissionError(f"tool {tool.name!r} is declared twice", "request")
         seen.add(tool.name)
         if named is not None and tool.name != named:
             continue
         try:
             prepared = prepare_schema(tool.parameters, strict=tool.strict is not False)
         except UnusableSchemaError as e:
-            raise ValueError(f"tool {tool.name!r}: {e}") from e
+            raise AdmissionError(f"tool {tool.name!r}: {e}") from e
+        need = tokens_needed(prepared)
+        if need > ceiling:
+            raise AdmissionError(
+                f"tool {tool.name!r}: {prepared.min_chars_at}: no call fits in the "
+                f"model: its arguments need at least {prepared.min_chars:.0f} "
+                f"characters, at least {need:.0f} output tokens (more than "
+                f"{ceiling})",
+                "budget",
+            )
+        needs[tool.name] = (need, prepared.min_chars_at)
         notes.extend(f"tool {tool.name!r} {note}" for note in prepared.degraded)
+        track = prepared.has_length_bounds and prepared.track_lengths
         grammars.append(
             ToolGrammar(
                 tool.name,
                 prepared.grammar_json,
-                prepared.schema if prepared.has_length_bounds else None,
+                prepared.schema if track else None,
+                exact=prepared.exact,
             )
         )
     if named is not None:
         if not grammars:
-            raise ValueError(f"tool_choice names {named!r}, which is not declared")
+            raise AdmissionError(
+                f"tool_choice names {named!r}, which is not declared", "request"
+            )
         choice = NAMED
     elif choice not in (AUTO, REQUIRED):
-        raise ValueError(f"unsupported tool_choice {choice!r}")
+        raise AdmissionError(f"unsupported tool_choice {choice!r}", "request")
+    if choice != AUTO and max_tokens is not None:
+        _check_forced_budget(needs, max_tokens, choice)
     spec = EnforcerSpec(
         tools=tuple(grammars), first_index=first_index, choice=choice, parallel=parallel
     )
     return spec, notes
+
+
+def _check_forced_budget(
+    needs: dict[str, tuple[float, str]], max_tokens: int, choice: str
+) -> None:
+    """A forced call must fit in the request's output budget."""
+    if any(need <= max_tokens for need, _ in needs.values()):
+        return
+    name, (need, where) = min(needs.items(), key=lambda item: item[1][0])
+    if choice == NAMED:
+        raise AdmissionError(
+            f"tool_choice names {name!r}, whose call needs at least {need:.0f} "
+            f"output tokens ({where}), more than max_tokens {max_tokens}",
+            "budget",
+        )
+    raise AdmissionError(
+        f"tool_choice 'required': no declared tool can be called within "
+        f"max_tokens {max_tokens}; the shortest call, to {name!r}, needs at "
+        f"least {need:.0f} output tokens ({where})",
+        "budget",
+    )
+
+
+def argument_checkers(
+    tools: Sequence[ToolDecl],
+) -> dict[str, Callable[[Any], list[str]]]:
+    """Per tool, a function giving the ``jsonschema`` errors of an arguments
+    value against the tool's prepared schema (types read as the Enforcer
+    reads them; ``strict: false``: any object). For the API server to check
+    the calls of an enforced request (docs/enforcer.md, "Validation of the
+    calls"); a tool whose schema is refused gets no checker."""
+    from jsonschema import Draft202012Validator
+
+    out: dict[str, Callable[[Any], list[str]]] = {}
+    for tool in tools:
+        try:
+            prepared = prepare_schema(tool.parameters, strict=tool.strict is not False)
+        except UnusableSchemaError:
+            continue
+        validator = Draft202012Validator(prepared.schema)
+
+        def errors(value: Any, validator: Any = validator) -> list[str]:
+            return [e.message for e in validator.iter_errors(value)]
+
+        out[tool.name] = errors
+    return out

@@ -12,11 +12,15 @@ tools, ``tool_choice`` and history are known) and puts it in the request's
         "first_index": 3,
         "choice": "auto",
         "parallel": true,
-        "tools": [{"name": "get_weather", "grammar": "{...}", "lengths": null}],
+        "tools": [
+            {"name": "get_weather", "grammar": "{...}", "lengths": null, "exact": true}
+        ],
     }
 
 ``grammar`` is the JSON Schema text to compile; ``lengths`` the schema whose
-string length bounds the Enforcer applies itself (null when there are none).
+string length bounds the Enforcer applies itself (null when there are none);
+``exact`` false where the grammar is looser than the tool's schema (a call
+may fail ``jsonschema``: the API server should validate it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class ToolGrammar:
     name: str
     grammar: str
     lengths: dict[str, Any] | None = None
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,12 @@ class EnforcerSpec:
                 "choice": self.choice,
                 "parallel": self.parallel,
                 "tools": [
-                    {"name": t.name, "grammar": t.grammar, "lengths": t.lengths}
+                    {
+                        "name": t.name,
+                        "grammar": t.grammar,
+                        "lengths": t.lengths,
+                        "exact": t.exact,
+                    }
                     for t in self.tools
                 ],
             },
@@ -68,21 +78,44 @@ class EnforcerSpec:
 
     @classmethod
     def from_json(cls, text: str) -> EnforcerSpec:
-        data = json.loads(text)
+        """Parse a spec; ``ValueError`` for anything malformed."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"enforcer spec is not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError("enforcer spec must be a JSON object")
         if data.get("v") != SPEC_VERSION:
             raise ValueError(f"unsupported enforcer spec version {data.get('v')!r}")
-        tools = tuple(
-            ToolGrammar(t["name"], t["grammar"], t.get("lengths"))
-            for t in data["tools"]
-        )
-        if not tools:
+        raw = data.get("tools")
+        if not isinstance(raw, list) or not raw:
             raise ValueError("enforcer spec without tools")
+        tools = []
+        for t in raw:
+            if not (
+                isinstance(t, dict)
+                and isinstance(t.get("name"), str)
+                and isinstance(t.get("grammar"), str)
+                and isinstance(t.get("lengths"), dict | None)
+            ):
+                raise ValueError("enforcer spec: malformed tool entry")
+            tools.append(
+                ToolGrammar(
+                    t["name"],
+                    t["grammar"],
+                    t.get("lengths"),
+                    t.get("exact") is not False,
+                )
+            )
         choice = data.get("choice", AUTO)
         if choice not in (AUTO, REQUIRED, NAMED):
             raise ValueError(f"unknown tool choice {choice!r}")
+        first = data.get("first_index", 0)
+        if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+            raise ValueError("enforcer spec: first_index must be a non-negative int")
         return cls(
-            tools=tools,
-            first_index=int(data.get("first_index", 0)),
+            tools=tuple(tools),
+            first_index=first,
             choice=choice,
             parallel=bool(data.get("parallel", True)),
         )

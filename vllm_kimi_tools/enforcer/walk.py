@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vllm_kimi_tools import tokens as kt
-from vllm_kimi_tools.enforcer.lengths import JsonCursor, Path, Where, schema_nodes
+from vllm_kimi_tools.enforcer.lengths import JsonCursor, Path, Where
 from vllm_kimi_tools.enforcer.machine import (
     MAX_BLANK_RUN,
     Ban,
@@ -30,6 +30,7 @@ from vllm_kimi_tools.enforcer.machine import (
     Phase,
     RequestEnforcer,
 )
+from vllm_kimi_tools.enforcer.paths import schema_nodes
 from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
 from vllm_kimi_tools.enforcer.schemas import prepare_schema
 
