@@ -19,8 +19,8 @@ them), the Enforcer's summary log line after each round (grammar and
 request tallies; what it does not say is listed) and vLLM's request gauges.
 
 Prints the report; with ``--out DIR`` writes ``soak.{json,md}`` there. The
-default (2 x 1,000 requests at concurrency 50) takes about 8 minutes on an
-idle 2-core machine, up to 15-20 when others share its cores. Usage::
+default (2 x 1,000 requests at concurrency 50) takes about 4-5 minutes on an
+idle 2-core machine, several times that when others share its cores. Usage::
 
     python benchmarks/bench_soak.py [--requests 1000] [--rounds 2]
         [--concurrency 50] [--out DIR]

@@ -155,14 +155,24 @@ class _SchemaMatcher:
                 cls.check_schema(schema)
             except SchemaError:
                 continue
-            validators[tool.name] = cls(schema)
+            from referencing import Registry
+
+            # An empty registry: a remote ``$ref`` is never fetched.
+            validators[tool.name] = cls(schema, registry=Registry())
         return validators
 
     def unique_match(self, value: dict[str, Any]) -> str | None:
         if self._validators is None:
             self._validators = self._build()
-        matches = [n for n, v in self._validators.items() if v.is_valid(value)]
+        matches = [n for n, v in self._validators.items() if _valid(v, value)]
         return matches[0] if len(matches) == 1 else None
+
+
+def _valid(validator: Any, value: Any) -> bool:
+    try:
+        return validator.is_valid(value)
+    except Exception:  # e.g. an unresolvable $ref: not a match
+        return False
 
 
 class KimiToolCallParser:

@@ -179,6 +179,7 @@ def argument_checkers(
     the calls of an enforced request (docs/enforcer.md, "Validation of the
     calls"); a tool whose schema is refused gets no checker."""
     from jsonschema import Draft202012Validator
+    from referencing import Registry
 
     out: dict[str, Callable[[Any], list[str]]] = {}
     for tool in tools:
@@ -186,10 +187,15 @@ def argument_checkers(
             prepared = prepare_schema(tool.parameters, strict=tool.strict is not False)
         except UnusableSchemaError:
             continue
-        validator = Draft202012Validator(prepared.schema)
+        # An empty registry: a remote ``$ref`` is never fetched (a client's
+        # URL must not make the server connect anywhere).
+        validator = Draft202012Validator(prepared.schema, registry=Registry())
 
         def errors(value: Any, validator: Any = validator) -> list[str]:
-            return [e.message for e in validator.iter_errors(value)]
+            try:
+                return [e.message for e in validator.iter_errors(value)]
+            except Exception as e:  # e.g. an unresolvable $ref: not checkable
+                return [f"schema not checkable: {type(e).__name__}"]
 
         out[tool.name] = errors
     return out
