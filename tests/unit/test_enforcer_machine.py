@@ -156,6 +156,24 @@ def test_refused_token_turns_the_enforcer_off(grammar_store, kimi_tokenizer) -> 
     assert enforcer.directive(None) is None  # no mask any more
 
 
+def test_accept_refuses_what_the_length_mask_refused(
+    grammar_store, kimi_tokenizer
+) -> None:
+    """The masks beyond the grammar bind ``accept`` too: a token the row
+    refused stands the Enforcer down even where the grammar allows it."""
+    bounded = {
+        "type": "object",
+        "properties": {"v": {"type": "string", "maxLength": 2}},
+    }
+    enforcer = enforcer_for(grammar_store, {"f": bounded})
+    prefix = call("f", 0, '{"v":"ab').removesuffix("<|tool_call_end|>")
+    assert drive(enforcer, kimi_tokenizer, "<|tool_calls_section_begin|>" + prefix).ok
+    (third,) = kimi_tokenizer.encode("c", add_special_tokens=False)
+    assert not allowed(enforcer, 163_840)[third]  # a third character: over
+    assert not enforcer.accept(third)
+    assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
+
+
 def test_whitespace_runs_are_bounded(grammar_store, kimi_tokenizer) -> None:
     enforcer = enforcer_for(grammar_store, TOOLS)
     prefix = (

@@ -68,6 +68,17 @@ def s(**kw: Any) -> dict[str, Any]:
             ("a",),
             ((0, 2),),
         ),
+        # A const branch has no "v": it adds nothing to the other branch's
+        # bound there (found by the fuzzer; it used to lift every bound).
+        (
+            {"anyOf": [{"properties": {"v": s(maxLength=2)}}, {"const": 1.0}]},
+            ("v",),
+            ((0, 2),),
+        ),
+        # Inside exact values: the members' exact lengths.
+        ({"enum": [{"v": "abc"}, {"v": "x"}, 3]}, ("v",), ((1, 1), (3, 3))),
+        ({"const": ["ab", {"v": "abcd"}]}, (1, "v"), ((4, 4),)),
+        ({"const": ["ab"]}, (1,), None),
         # No string at all there: no bound.
         ({"type": "integer"}, (), None),
         # Contradictory free branches: no length works (the mask then gives

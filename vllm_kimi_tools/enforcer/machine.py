@@ -138,6 +138,9 @@ class RequestEnforcer:
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
+        # The last argument row where masks beyond the grammar narrowed it:
+        # ``accept`` refuses what that row refused, as it does the grammar's.
+        self._narrowed: np.ndarray | None = None
         # Length bounds by JSON path, per tool (memoised, bounded walks).
         self._index: dict[str, SchemaIndex] = {}
         self._unbounded: set[str] = set()  # tools whose lengths were dropped
@@ -215,6 +218,7 @@ class RequestEnforcer:
         row[:] = -1
         matcher.fill_next_token_bitmask(_as_torch(row))
         row &= self._table.special_clear_words
+        self._narrowed = None
         cursor = self._cursor
         tool = self._by_name[self._tool] if self._tool else None
         bounded = cursor is not None and tool is not None and self._bounded(tool)
@@ -235,6 +239,7 @@ class RequestEnforcer:
                     cursor.chars, lengths, cursor.escape_left
                 )
         if row.any():
+            self._narrowed = row.copy()
             return True
         # Safety net (a schema the masks cannot serve, e.g. a pattern that
         # needs more characters than maxLength leaves): the grammar's row.
@@ -399,6 +404,9 @@ class RequestEnforcer:
     def _advance_args(self, token: int) -> bool:
         if token != self._m.call_end and token in self._table.special_ids:
             return False  # xgrammar reads markers as text; they never are
+        narrowed, self._narrowed = self._narrowed, None
+        if narrowed is not None and not _has_bit(narrowed, token):
+            return False
         if not self._ensure_matcher().accept_token(token):
             return False
         if token == self._m.call_end:
@@ -411,6 +419,11 @@ class RequestEnforcer:
             assert self._cursor is not None
             self._cursor.feed(self._table.token_bytes[token])
         return True
+
+
+def _has_bit(words: np.ndarray, token: int) -> bool:
+    word = token >> 5
+    return 0 <= word < len(words) and bool((int(words[word]) >> (token & 31)) & 1)
 
 
 def _as_torch(row: np.ndarray):  # -> torch.Tensor

@@ -294,7 +294,15 @@ class SchemaIndex:
     def _leaf_child(self, node: dict[str, Any], step: str | int) -> Any:
         types = _types(node)
         if "enum" in node or "const" in node:
-            return True  # exact values: the grammar writes them whole
+            # The grammar writes exact values whole: what may stand at the
+            # step is exactly those values' members there (none: nothing).
+            members = [
+                v[step]
+                for v in _exact_values(node)
+                if (isinstance(step, int) and isinstance(v, list) and step < len(v))
+                or (isinstance(step, str) and isinstance(v, dict) and step in v)
+            ]
+            return self._form({"enum": members}) if members else False
         if isinstance(step, int):
             if types is not None and "array" not in types:
                 return False
@@ -395,14 +403,9 @@ def _leaf_summary(node: dict[str, Any]) -> _Str:
     if hi is not None and hi < lo:
         return _NO_STRING
     if "enum" in node or "const" in node:
-        values = node.get("enum") if isinstance(node.get("enum"), list) else None
-        if "const" in node:
-            values = (
-                [node["const"]] if values is None or node["const"] in values else []
-            )
         lengths = {
             len(v)
-            for v in values or []
+            for v in _exact_values(node)
             if isinstance(v, str) and lo <= len(v) and (hi is None or len(v) <= hi)
         }
         if not lengths:
@@ -410,6 +413,14 @@ def _leaf_summary(node: dict[str, Any]) -> _Str:
         return _Str(_ENUM, tuple((n, n) for n in sorted(lengths)))
     kind = _FREE if "pattern" in node else _PLAIN
     return _Str(kind, ((lo, hi),))
+
+
+def _exact_values(node: dict[str, Any]) -> list[Any]:
+    """The values an ``enum``/``const`` node allows (both: those in both)."""
+    values = node.get("enum") if isinstance(node.get("enum"), list) else None
+    if "const" in node:
+        values = [node["const"]] if values is None or node["const"] in values else []
+    return values or []
 
 
 def _summary_any(parts: list[_Str]) -> _Str:
@@ -504,8 +515,29 @@ def _scan(schema: Any) -> tuple[frozenset[str], bool, int]:
         for key in ("prefixItems", "items"):
             if isinstance(node.get(key), list):
                 prefix = max(prefix, len(node[key]))
+        if "enum" in node or "const" in node:
+            # Paths into exact values are steps too.
+            n, p = _value_steps(_exact_values(node))
+            names |= n
+            prefix = max(prefix, p)
         stack.extend(node.values())
     return frozenset(names), patterns, prefix
+
+
+def _value_steps(values: list[Any]) -> tuple[set[str], int]:
+    """Every object key in ``values`` and their longest array (iterative)."""
+    names: set[str] = set()
+    longest = 0
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            names.update(k for k in value if isinstance(k, str))
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            longest = max(longest, len(value))
+            stack.extend(value)
+    return names, longest
 
 
 def string_lengths(schema: Any, path: Path) -> Lengths | None:
