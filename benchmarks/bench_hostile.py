@@ -127,6 +127,9 @@ def render(result: dict[str, Any]) -> str:
             "message, or a 200 whose calls are declared, pass jsonschema and "
             "have canonical ids (and a call where the model intended one), "
             "within the time limit, the next request served, the server alive. "
+            "A lost call passes only under a documented degrade "
+            "([docs/hostile.md](../../docs/hostile.md)) whose counter rose "
+            "during the case; such passes are counted apart and named. "
             "Command: `python benchmarks/bench_hostile.py --out benchmarks/results`."
         ),
         "",
@@ -143,6 +146,13 @@ def render(result: dict[str, Any]) -> str:
         + " | ".join(
             f"**{configs[n]['summary']['passed']} / {configs[n]['summary']['cases']}**"
             for n in names
+        )
+        + " |"
+    )
+    lines.append(
+        "| … of which a documented degrade (call lost, counted) | "
+        + " | ".join(
+            str(configs[n]["summary"].get("passed_with_degrade", 0)) for n in names
         )
         + " |"
     )
@@ -177,12 +187,14 @@ def render(result: dict[str, Any]) -> str:
             _status(r),
             f"{r['seconds']:.1f}",
             "yes" if r["next_ok"] else "**no**",
-            "pass" if r["passed"] else "**FAIL**",
+            _verdict(r, bold=True),
         ]
         for n in names[1:]:
             o = others[n].get(r["name"])
-            cells += [_status(o), "pass" if o["passed"] else "FAIL"] if o else ["", ""]
+            cells += [_status(o), _verdict(o)] if o else ["", ""]
         notes = "; ".join(r["problems"]) if r["problems"] else r["message"]
+        if r.get("degraded"):
+            notes = f"{r['degraded']}; {notes}"
         cells.append(_cell(notes))
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in configs[main_name]["results"] if not r["passed"]]
@@ -205,6 +217,12 @@ def render(result: dict[str, Any]) -> str:
                 lines += ["", "```text", r["log_excerpt"], "```"]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _verdict(r: dict[str, Any], bold: bool = False) -> str:
+    if not r["passed"]:
+        return "**FAIL**" if bold else "FAIL"
+    return "pass (degrade)" if r.get("degraded") else "pass"
 
 
 if __name__ == "__main__":

@@ -246,9 +246,18 @@ def render(result: dict[str, Any]) -> str:
             "",
             "Not in that line (so not measured here): "
             + "; ".join(state["missing"])
-            + ". The grammar count above is compiles so far (an upper bound of "
-            "the cache's entries; it is bounded by "
-            "`VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB`), not its size.",
+            + ".",
+        ]
+    else:
+        f = state["fields"]
+        lines += [
+            "",
+            (
+                f"At the end the engine holds {f['grammars_held']} compiled "
+                f"grammars ({f.get('grammar_cache_mib', 0):g} MiB; bounded by "
+                "`VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB`) and "
+                f"{f['live_states']} live per-request states."
+            ),
         ]
     gauges = result.get("engine_gauges") or {}
     if gauges:

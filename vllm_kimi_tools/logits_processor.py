@@ -478,10 +478,12 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             c = metrics.counts()
             store = self._loader.store
             stats = store.stats if store is not None else None
+            entries, size = store.cache_size if store is not None else (0, 0)
             logger.info(
                 "Kimi tool Enforcer: %d requests, %d blocked steps, "
                 "%d grammars compiled in %.2f s (%d cache hits), stood down %d, "
-                "length fallbacks %d",
+                "length fallbacks %d; holding %d grammars (%.1f MiB), %d live "
+                "request states",
                 c.get(metrics.ENFORCED_REQUESTS_TOTAL, 0),
                 c.get(metrics.BLOCKED_TOKENS_TOTAL, 0),
                 stats.compiles if stats else 0,
@@ -489,6 +491,9 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 stats.cache_hits if stats else 0,
                 sum(v for k, v in c.items() if k.startswith(metrics.STOOD_DOWN_TOTAL)),
                 self.length_fallbacks,
+                entries,
+                size / (1 << 20),
+                len(self._requests),
             )
 
     def flush_metrics(self) -> None:

@@ -174,6 +174,20 @@ def test_accept_refuses_what_the_length_mask_refused(
     assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
 
 
+def test_with_no_tool_callable_no_call_opens(grammar_store, kimi_tokenizer) -> None:
+    huge = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "minLength": 99_999}},
+        "required": ["s"],
+    }
+    enforcer = enforcer_for(grammar_store, {"f": huge}, max_tokens=50)
+    assert enforcer.spec.tools == ()  # not offered: no call fits in 50 tokens
+    assert drive(enforcer, kimi_tokenizer, "Sure, in text.<|im_end|>").ok
+    for text in ("<|tool_calls_section_begin|>", "<|tool_call_begin|>"):
+        enforcer = enforcer_for(grammar_store, {"f": huge}, max_tokens=50)
+        assert not drive(enforcer, kimi_tokenizer, "a" + text).ok
+
+
 def test_whitespace_runs_are_bounded(grammar_store, kimi_tokenizer) -> None:
     enforcer = enforcer_for(grammar_store, TOOLS)
     prefix = (

@@ -303,6 +303,16 @@ def test_all_of_is_merged_recursively() -> None:
         }
     )
     assert not clash.exact and "allOf" in clash.loose[0]
+    # Branches no value satisfies together: refused, with where.
+    with pytest.raises(UnusableSchemaError, match="properties/x/allOf: no value"):
+        prepare_schema(
+            {
+                "type": "object",
+                "properties": {
+                    "x": {"allOf": [{"type": "string"}, {"type": "integer"}]}
+                },
+            }
+        )
 
 
 def test_keywords_beside_a_ref_are_merged_into_its_target() -> None:
@@ -393,6 +403,19 @@ def test_multiple_of_is_enforced_or_loose(node, exact, grammar) -> None:
         assert "multipleOf" in prepared.loose[0]
 
 
+def test_key_length_bounds_are_loose() -> None:
+    """The Enforcer counts value characters, not key characters."""
+    prepared = prepare_schema(
+        {
+            "type": "object",
+            "propertyNames": {"maxLength": 3},
+            "additionalProperties": True,
+        }
+    )
+    assert not prepared.exact and "propertyNames" in prepared.loose[0]
+    assert "maxLength" not in prepared.grammar_json
+
+
 def test_a_lookaround_pattern_is_loose() -> None:
     prepared = prepare_schema(_string(pattern="(?=.*x)^[a-z]+$"))
     assert not prepared.exact and "lookahead" in prepared.loose[0]
@@ -409,3 +432,31 @@ def test_the_spec_carries_which_tools_are_exact() -> None:
     again = EnforcerSpec.from_json(spec.to_json())
     assert [t.exact for t in again.tools] == [True, False]
     assert again == spec
+
+
+def test_number_bounds_beyond_64_bits_are_refused() -> None:
+    """xgrammar's range grammars leave no writable number past them."""
+    with pytest.raises(UnusableSchemaError, match=r"minimum 1e\+308 is beyond"):
+        prepare_schema(_string(type="number", minimum=1e308))
+    assert prepare_schema(_string(type="number", minimum=-1e18)).exact
+
+
+def test_min_properties_over_undeclared_keys_is_loose() -> None:
+    """Undeclared keys may repeat in the grammar, and repeats count once."""
+    prepared = prepare_schema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "minProperties": 3,
+        }
+    )
+    assert not prepared.exact and "minProperties" in prepared.loose[0]
+    declared = prepare_schema(
+        {
+            "type": "object",
+            "properties": {"a": {}, "b": {}},
+            "required": ["a", "b"],
+            "minProperties": 2,
+        }
+    )
+    assert declared.exact

@@ -208,8 +208,15 @@ def test_enforcer_state_says_what_is_missing() -> None:
         "length_fallbacks": 0,
     }
     assert len(state["missing"]) == 2
-    richer = log.replace("length fallbacks 0", "cache 5 entries / 3 MB, live 0 rows")
-    assert enforcer_state(richer)["missing"] == []
+    richer = log.replace(
+        "length fallbacks 0",
+        "length fallbacks 0; holding 5 grammars (3.2 MiB), 0 live request states",
+    )
+    state = enforcer_state(richer)
+    assert state["missing"] == []
+    assert state["fields"]["grammars_held"] == 5
+    assert state["fields"]["grammar_cache_mib"] == 3.2
+    assert state["fields"]["live_states"] == 0
     assert enforcer_state("nothing")["line"] is None
 
 

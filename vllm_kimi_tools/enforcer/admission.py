@@ -407,6 +407,25 @@ def _own_productive(node: dict[str, Any], ok: Any) -> bool:
     return False
 
 
+def pattern_min_chars(node: dict[str, Any]) -> int:
+    """The fewest characters a string matching ``node``'s ``pattern`` has
+    (0 where unknown). Python's own regex parser measures it; ECMA-262
+    syntax it reads differently or refuses only loses the bound."""
+    pattern = node.get("pattern")
+    if not isinstance(pattern, str) or len(pattern) > _PATTERN_MEASURED:
+        return 0
+    try:
+        import re._parser as sre  # the parser behind ``re`` (3.11+)
+
+        return int(sre.parse(pattern).getwidth()[0])
+    except Exception:
+        return 0
+
+
+# Patterns longer than this are not measured (their parse is not bounded).
+_PATTERN_MEASURED = 4096
+
+
 def _prefix_len(node: dict[str, Any]) -> int:
     prefix = node.get("prefixItems")
     if isinstance(prefix, list):
@@ -446,7 +465,8 @@ def _own_size(node: dict[str, Any], size: Any) -> float:
     best = INFINITE
     for t in _types(node):
         if t == "string":
-            best = min(best, 2 + _int(node.get("minLength"), 0))
+            least = max(_int(node.get("minLength"), 0), pattern_min_chars(node))
+            best = min(best, 2 + least)
         elif t in ("number", "integer"):
             best = min(best, 1)
         elif t in ("boolean", "null"):
@@ -586,4 +606,6 @@ def _size_why(node: Any) -> str:
     for key in ("minLength", "minItems", "minProperties"):
         if key in node:
             return f"{key} {node[key]}"
+    if pattern_min_chars(node):
+        return f"pattern needs at least {pattern_min_chars(node)} characters"
     return ""

@@ -204,6 +204,12 @@ class GrammarStore:
             self.get(key), override_stop_tokens=[self.table.markers.call_end]
         )
 
+    @property
+    def cache_size(self) -> tuple[int, int]:
+        """Compiled grammars held, and their bytes (bounded by the budget)."""
+        with self._lock:
+            return len(self._ready), self._ready_bytes
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._urgent_pool.shutdown(wait=False, cancel_futures=True)

@@ -149,6 +149,10 @@ class RequestEnforcer:
         # A bare ``<|tool_call_begin|>`` (no section wrapper, B14) opens an
         # implicit section: the parser recovers such calls, so it is allowed.
         outside = tuple(t for t in m.tool_markup() if t != m.call_begin)
+        if not self._by_name:
+            # No tool can be called in this request (none fits its budget):
+            # no section or call may open.
+            outside = (*m.tool_markup(), m.section_begin)
 
         def ban(*ids: int | None) -> Ban:
             return Ban(outside + tuple(i for i in ids if i is not None))

@@ -124,6 +124,15 @@ def build_spec(
             )
         needs[tool.name] = (need, prepared.min_chars_at)
         notes.extend(f"tool {tool.name!r} {note}" for note in prepared.degraded)
+        if choice == AUTO and named is None and need > (max_tokens or math.inf):
+            # No call to it can finish in this request: not offered (a
+            # started call would only be cut off by max_tokens).
+            notes.append(
+                f"tool {tool.name!r} is not offered: its shortest call needs "
+                f"at least {need:.0f} output tokens ({prepared.min_chars_at}), "
+                f"more than max_tokens {max_tokens}"
+            )
+            continue
         track = prepared.has_length_bounds and prepared.track_lengths
         grammars.append(
             ToolGrammar(

@@ -314,6 +314,9 @@ def _finish(
     schema: dict[str, Any], notes: _Notes, *, check_grammar: bool
 ) -> PreparedSchema:
     grammar = copy.deepcopy(schema)
+    if _bounded_key_names(schema):
+        # The Enforcer counts the characters of values, not of keys.
+        notes.lax("#: length bounds in 'propertyNames' are not enforced")
     bounded = _strip_lengths(grammar)
     track = True
     if bounded:
@@ -387,6 +390,14 @@ def _normalise(node: Any, root: dict[str, Any], where: str, notes: _Notes) -> No
         return
     # An identifier only: a fragment in it upsets the metaschema, not us.
     node.pop("$id", None)
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        # Nothing is fetched for a client: a URL in a tool must not make the
+        # server connect anywhere.
+        raise UnusableSchemaError(
+            f"{where}/$ref: {ref[:200]!r} is not in the schema (only local "
+            "'#...' references are followed; nothing is fetched)"
+        )
     _merge_all_of(node, where, notes)
     _distribute_siblings(node, where, notes)
     _inline_ref_siblings(node, root, where, notes)
@@ -403,7 +414,7 @@ def _normalise(node: Any, root: dict[str, Any], where: str, notes: _Notes) -> No
         notes.lax(f"{where}: a lookahead/lookbehind in 'pattern' is not enforced")
     _normalise_numbers(node, where, notes)
     _normalise_bounds(node, where, notes)
-    _normalise_containers(node)
+    _normalise_containers(node, where, notes)
     required = node.get("required")
     if "properties" not in node and isinstance(required, list) and required:
         # No properties at all: xgrammar would refuse every key, required
@@ -498,7 +509,13 @@ def _merge_all_of(node: dict[str, Any], where: str, notes: _Notes) -> None:
         inner = branch.get("allOf")
         own = {k: v for k, v in branch.items() if k != "allOf"}
         merged = copy.deepcopy(node)
-        if _merge(merged, own):
+        result = _merge(merged, own)
+        if result is None:
+            raise UnusableSchemaError(
+                f"{where}/allOf: no value can satisfy every branch (their types "
+                "or enums share no value)"
+            )
+        if result:
             node.clear()
             node.update(merged)
             if isinstance(inner, list):
@@ -759,6 +776,9 @@ def _normalise_array_enum(node: dict[str, Any], where: str, notes: _Notes) -> No
         notes.info(f"{where}: 'enum' of scalars on an array read as its items' enum")
 
 
+_GRAMMAR_NUMBER_LIMIT = 2**63
+
+
 def _normalise_numbers(node: dict[str, Any], where: str, notes: _Notes) -> None:
     """Bounds xgrammar chokes on, and ``multipleOf`` where it is exact."""
     for key in _RANGE:
@@ -769,6 +789,13 @@ def _normalise_numbers(node: dict[str, Any], where: str, notes: _Notes) -> None:
             raise UnusableSchemaError(f"{where}: {key} must be a number")
         if isinstance(value, float) and not math.isfinite(value):
             del node[key]
+        elif abs(value) > _GRAMMAR_NUMBER_LIMIT:
+            # xgrammar's range grammars are built for 64-bit magnitudes; past
+            # them a bound can leave no writable number.
+            raise UnusableSchemaError(
+                f"{where}: {key} {value:g} is beyond what the argument grammar "
+                "supports (magnitudes up to 2^63)"
+            )
     step = node.get("multipleOf")
     integral = _numbers(step) and float(step).is_integer() and step > 0
     if integral and node.get("type") == "number":
@@ -854,7 +881,7 @@ def _normalise_bounds(node: dict[str, Any], where: str, notes: _Notes) -> None:
         )
 
 
-def _normalise_containers(node: dict[str, Any]) -> None:
+def _normalise_containers(node: dict[str, Any], where: str, notes: _Notes) -> None:
     """Arrays and objects xgrammar refuses to build though they are valid."""
     prefix = node.get("prefixItems")
     if isinstance(prefix, list):
@@ -880,6 +907,7 @@ def _normalise_containers(node: dict[str, Any]) -> None:
     props = node.get("properties")
     declared = len(props) if isinstance(props, dict) else 0
     wanted = node.get("minProperties")
+
     if (
         isinstance(wanted, int)
         and wanted > declared
@@ -887,6 +915,11 @@ def _normalise_containers(node: dict[str, Any]) -> None:
         and "patternProperties" not in node
     ):
         node["additionalProperties"] = True  # undeclared keys are needed
+    if isinstance(wanted, int) and wanted > 1 and node.get("additionalProperties"):
+        notes.lax(
+            f"{where}: 'minProperties' with undeclared keys is not enforced (the "
+            "grammar cannot keep those keys distinct)"
+        )
 
 
 def _fit_values_to_lengths(
@@ -915,6 +948,18 @@ def _fit_values_to_lengths(
                 f"{where}: no enum value is within minLength/maxLength"
             )
         node["enum"] = kept
+
+
+def _bounded_key_names(schema: Any) -> bool:
+    """Whether a ``propertyNames`` schema anywhere has string length bounds."""
+    for node in _all_nodes(schema):
+        names = node.get("propertyNames") if isinstance(node, dict) else None
+        if isinstance(names, dict) and any(
+            isinstance(n, dict) and ("minLength" in n or "maxLength" in n)
+            for n in _all_nodes(names)
+        ):
+            return True
+    return False
 
 
 def _strip_lengths(schema: Any) -> bool:

@@ -88,8 +88,9 @@ class EnforcerSpec:
         if data.get("v") != SPEC_VERSION:
             raise ValueError(f"unsupported enforcer spec version {data.get('v')!r}")
         raw = data.get("tools")
-        if not isinstance(raw, list) or not raw:
-            raise ValueError("enforcer spec without tools")
+        # Empty: tools were declared but none can be called in this request.
+        if not isinstance(raw, list):
+            raise ValueError("enforcer spec without a tools list")
         tools = []
         for t in raw:
             if not (
