@@ -315,19 +315,27 @@ def _json_types(value: Any) -> set[str]:
     return {"object"}
 
 
-def _values(node: dict[str, Any]) -> list[Any] | None:
-    """The ``enum``/``const`` values that fit the node's own type and string
-    bounds (None: not an enum)."""
+def exact_values(node: dict[str, Any]) -> list[Any] | None:
+    """The values ``enum`` and ``const`` allow together (None: neither)."""
     if "enum" not in node and "const" not in node:
         return None
     values = list(node["enum"]) if isinstance(node.get("enum"), list) else None
     if "const" in node:
         values = [node["const"]] if values is None or node["const"] in values else []
+    return values or []
+
+
+def _values(node: dict[str, Any]) -> list[Any] | None:
+    """The ``enum``/``const`` values that fit the node's own type and string
+    bounds (None: not an enum)."""
+    values = exact_values(node)
+    if values is None:
+        return None
     types = set(_types(node))
     lo, hi = node.get("minLength", 0), node.get("maxLength")
     return [
         v
-        for v in values or []
+        for v in values
         if _json_types(v) & types
         and (
             not isinstance(v, str)
@@ -606,6 +614,6 @@ def _size_why(node: Any) -> str:
     for key in ("minLength", "minItems", "minProperties"):
         if key in node:
             return f"{key} {node[key]}"
-    if pattern_min_chars(node):
-        return f"pattern needs at least {pattern_min_chars(node)} characters"
+    if least := pattern_min_chars(node):
+        return f"pattern needs at least {least} characters"
     return ""

@@ -46,6 +46,7 @@ from typing import Any
 
 import regex
 
+from vllm_kimi_tools.enforcer.admission import exact_values, resolve
 from vllm_kimi_tools.enforcer.lengths import Lengths, Path, Span
 
 # Formula nodes one lookup may visit before it gives up.
@@ -415,14 +416,6 @@ def _leaf_summary(node: dict[str, Any]) -> _Str:
     return _Str(kind, ((lo, hi),))
 
 
-def _exact_values(node: dict[str, Any]) -> list[Any]:
-    """The values an ``enum``/``const`` node allows (both: those in both)."""
-    values = node.get("enum") if isinstance(node.get("enum"), list) else None
-    if "const" in node:
-        values = [node["const"]] if values is None or node["const"] in values else []
-    return values or []
-
-
 def _summary_any(parts: list[_Str]) -> _Str:
     live = [p for p in parts if p.kind != _NONE]
     if not live:
@@ -477,18 +470,10 @@ def _pattern_matches(pattern: Any, key: str) -> bool:
 
 
 def _resolve(root: Any, ref: str) -> Any:
-    if not ref.startswith("#"):
-        return True  # remote refs are not followed: nothing known
-    node: Any = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return True
-    return node
+    """A ``$ref``'s target; ``True`` (nothing known) where it is not local or
+    cannot be resolved."""
+    target = resolve(root, ref)
+    return True if target is None else target
 
 
 def _scan(schema: Any) -> tuple[frozenset[str], bool, int]:
@@ -522,6 +507,10 @@ def _scan(schema: Any) -> tuple[frozenset[str], bool, int]:
             prefix = max(prefix, p)
         stack.extend(node.values())
     return frozenset(names), patterns, prefix
+
+
+def _exact_values(node: dict[str, Any]) -> list[Any]:
+    return exact_values(node) or []
 
 
 def _value_steps(values: list[Any]) -> tuple[set[str], int]:

@@ -907,7 +907,6 @@ def _normalise_containers(node: dict[str, Any], where: str, notes: _Notes) -> No
     props = node.get("properties")
     declared = len(props) if isinstance(props, dict) else 0
     wanted = node.get("minProperties")
-
     if (
         isinstance(wanted, int)
         and wanted > declared
