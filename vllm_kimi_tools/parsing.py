@@ -12,11 +12,21 @@ Wire format::
 One state machine serves streaming and non-streaming: ``parse_tool_calls`` is
 ``feed(text)`` + ``finish()``, so every way of splitting the text into deltas
 yields the same content and calls. Text is streamed as it arrives, holding
-back only a suffix that could still grow into a marker. A call is emitted
-whole once it is complete (its id resolved to a declared tool, its arguments
-a JSON object), so a client never sees a call that later turns out to be
-truncated, undeclared or malformed. Such calls are reported in ``dropped``;
-their markup never reaches content.
+back only a suffix that could still grow into a marker. By default a call is
+emitted whole once it is complete (its id resolved to a declared tool, its
+arguments a JSON object), so a client never sees a call that later turns out
+to be truncated, undeclared or malformed. Such calls are reported in
+``dropped``; their markup never reaches content.
+
+Tools named in ``stream_arguments`` (those the Enforcer constrains exactly,
+so a started call can only become valid) stream as they are written, in
+``ParseDelta.call_deltas``: the canonical id and name once the argument
+marker closes the header, then the argument text as it grows (leading and
+trailing blanks held back, so the pieces join to exactly the returned
+``arguments``). Arguments that do not open with ``{`` (a string-encoded
+object) arrive in one piece, unwrapped, when the call closes. A streamed call
+that is then dropped (cut by ``max_tokens``, or the Enforcer stood down) keeps
+its index and is reported in ``dropped`` with ``streamed=True``.
 
 Recovered deviations: ids without ``functions.`` or with ``_`` separators,
 opaque ids (``call_…``), a missing section wrapper, a missing call or section
@@ -27,7 +37,7 @@ string-encoded arguments, and marker text inside JSON strings.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,20 +121,52 @@ class DroppedToolCall:
     name: str
     reason: DropReason
     arguments: str
+    # Its header (and maybe some arguments) already went out in call_deltas.
+    streamed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of one call for a stream: its id and name (in the first piece
+    only) and the next argument text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(slots=True)
 class ParseDelta:
-    """What one ``feed``/``finish`` step produced."""
+    """What one ``feed``/``finish`` step produced.
+
+    ``tool_calls`` are complete calls (the non-streaming result);
+    ``call_deltas`` the same calls as a stream sends them, split where the
+    text was (see the module docstring).
+    """
 
     content: str = ""
     tool_calls: list[ParsedToolCall] = field(default_factory=list)
     dropped: list[DroppedToolCall] = field(default_factory=list)
+    call_deltas: list[ToolCallDelta] = field(default_factory=list)
+
+    def add_call_delta(self, piece: ToolCallDelta) -> None:
+        """Append ``piece``, merged into the last one of the same call."""
+        last = self.call_deltas[-1] if self.call_deltas else None
+        if last is not None and last.index == piece.index and piece.id is None:
+            piece = ToolCallDelta(
+                last.index, last.id, last.name, last.arguments + piece.arguments
+            )
+            self.call_deltas[-1] = piece
+        else:
+            self.call_deltas.append(piece)
 
     def extend(self, other: ParseDelta) -> None:
         self.content += other.content
         self.tool_calls.extend(other.tool_calls)
         self.dropped.extend(other.dropped)
+        for piece in other.call_deltas:
+            self.add_call_delta(piece)
 
 
 class _Mode(enum.Enum):
@@ -132,6 +174,17 @@ class _Mode(enum.Enum):
     SECTION = enum.auto()
     CALL_ID = enum.auto()
     CALL_ARGS = enum.auto()
+
+
+class _Live(enum.Enum):
+    """How a streamed call's arguments go out."""
+
+    OPENING = enum.auto()  # header sent; no argument text but blanks yet
+    GROWING = enum.auto()  # an object: each piece as it arrives
+    AT_CLOSE = enum.auto()  # not an object (string-encoded): whole, at close
+    # Marker text inside a string: finish() may cut the call there, so the
+    # rest waits for the call to close.
+    PAUSED = enum.auto()
 
 
 class _SchemaMatcher:
@@ -183,6 +236,10 @@ class KimiToolCallParser:
             dropped.
         history_tool_calls: Tool calls already in the conversation; output
             ids continue from there (``functions.NAME:history+i``).
+        checkers: Per tool name, the schema errors of an arguments value;
+            a call with errors is dropped (``SCHEMA_INVALID``).
+        stream_arguments: Tools whose calls stream as they are written (see
+            the module docstring); the others are emitted whole.
     """
 
     def __init__(
@@ -190,12 +247,14 @@ class KimiToolCallParser:
         tools: Sequence[ToolSpec],
         history_tool_calls: int = 0,
         checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
+        stream_arguments: Collection[str] = (),
     ) -> None:
         self._tools = tuple(tools)
         # Per tool name: the schema errors of an arguments value. Given, a
         # call with errors is dropped (SCHEMA_INVALID) instead of returned.
         self._checkers = checkers
         self._names = tuple(t.name for t in self._tools)
+        self._stream_names = frozenset(stream_arguments)
         self._history = history_tool_calls
         self._schemas = _SchemaMatcher(self._tools)
         self._pending = ""
@@ -211,6 +270,11 @@ class KimiToolCallParser:
         # content, the fallback cut if the string never closes.
         self._first_swallowed: int | None = None
         self._args_len = 0
+        # The open call's (index, id, name) once its header went out.
+        self._live: tuple[int, str, str] | None = None
+        self._live_mode = _Live.OPENING
+        self._held_blanks = ""
+        self._sent = 0  # argument characters streamed for the open call
         self._emitted = 0
         self._finished = False
         self._out = ParseDelta()
@@ -273,6 +337,8 @@ class KimiToolCallParser:
     def _append_args(self, text: str) -> None:
         self._args.append(text)
         self._args_len += len(text)
+        if self._live is not None:
+            self._stream_args(text)
         i = 0
         if self._escape:
             self._escape = False
@@ -290,6 +356,36 @@ class KimiToolCallParser:
                     self._escape = True
                 i = j + 2
         self._in_string = in_string
+
+    def _stream_args(self, text: str) -> None:
+        if self._live_mode is _Live.OPENING:
+            text = text.lstrip()  # the returned arguments are stripped
+            if not text:
+                return
+            self._live_mode = _Live.GROWING if text[0] == "{" else _Live.AT_CLOSE
+        if self._live_mode is _Live.GROWING and self._first_swallowed is not None:
+            self._live_mode = _Live.PAUSED
+        if self._live_mode is not _Live.GROWING:
+            return
+        body = text.rstrip()
+        if not body:
+            self._held_blanks += text
+            return
+        piece, self._held_blanks = self._held_blanks + body, text[len(body) :]
+        self._sent += len(piece)
+        self._out.add_call_delta(ToolCallDelta(self._live[0], arguments=piece))
+
+    def _open_live_call(self) -> None:
+        """The header is complete: stream it if its tool streams."""
+        resolved = resolve_tool_call_id(self._id.strip(), self._names)
+        name = resolved.name
+        if name is None or name not in self._stream_names:
+            return
+        index = self._emitted
+        self._emitted += 1
+        call_id = make_tool_call_id(name, self._history + index)
+        self._live = (index, call_id, name)
+        self._out.add_call_delta(ToolCallDelta(index, call_id, name))
 
     def _flush_section_text(self) -> None:
         text, self._section_text = self._section_text, ""
@@ -326,6 +422,7 @@ class KimiToolCallParser:
         if mode is _Mode.CALL_ID and marker == TOOL_CALL_ARGUMENT_BEGIN:
             self._mode = _Mode.CALL_ARGS
             self._has_args_marker = True
+            self._open_live_call()
             return
         if marker in _SECTION_BEGINS or marker == TOOL_CALL_ARGUMENT_BEGIN:
             return
@@ -347,6 +444,10 @@ class KimiToolCallParser:
         self._in_string = False
         self._escape = False
         self._first_swallowed = None
+        self._live = None
+        self._live_mode = _Live.OPENING
+        self._held_blanks = ""
+        self._sent = 0
 
     def _close_at_end(self) -> None:
         if self._mode is _Mode.SECTION:
@@ -365,9 +466,12 @@ class KimiToolCallParser:
         self._mode = _Mode.TEXT
 
     def _start_call_keep_id(self, args: str) -> None:
-        raw_id = self._id
+        raw_id, live = self._id, self._live
         self._start_call()
         self._id = raw_id
+        # A streamed call keeps its index; what went out stays out (it ends
+        # before the first marker: streaming paused there).
+        self._live, self._live_mode = live, _Live.AT_CLOSE
         self._has_args_marker = True
         self._mode = _Mode.CALL_ARGS
         self._args = [args]
@@ -376,6 +480,7 @@ class KimiToolCallParser:
     def _close_call(self, at_end: bool) -> None:
         raw_id = self._id.strip()
         raw_args = "".join(self._args)
+        live, live_mode, sent = self._live, self._live_mode, self._sent
         if not self._has_args_marker and "{" in raw_id:
             # ``functions.x:0{"a": 1}``: the argument marker was left out.
             brace = raw_id.index("{")
@@ -386,7 +491,7 @@ class KimiToolCallParser:
         args = None if at_end and not raw_args.strip() else parse_arguments(raw_args)
         if args is None:
             reason = DropReason.TRUNCATED if at_end else DropReason.INVALID_ARGUMENTS
-            self._drop(raw_id, resolved.guessed_name, reason, raw_args)
+            self._drop(raw_id, resolved.guessed_name, reason, raw_args, live)
             return
         name = resolved.name
         if name is None and resolved.opaque:
@@ -401,17 +506,22 @@ class KimiToolCallParser:
             return
         check = self._checkers.get(name) if self._checkers is not None else None
         if check is not None and check(args.value):
-            self._drop(raw_id, name, DropReason.SCHEMA_INVALID, raw_args)
+            self._drop(raw_id, name, DropReason.SCHEMA_INVALID, raw_args, live)
             return
-        index = self._emitted
-        self._emitted += 1
+        if live is not None:
+            index, call_id, _ = live
+            if live_mode is _Live.PAUSED:
+                rest = args.text[sent:]
+                self._out.add_call_delta(ToolCallDelta(index, arguments=rest))
+            elif live_mode is not _Live.GROWING:
+                self._out.add_call_delta(ToolCallDelta(index, arguments=args.text))
+        else:
+            index = self._emitted
+            self._emitted += 1
+            call_id = make_tool_call_id(name, self._history + index)
+            self._out.add_call_delta(ToolCallDelta(index, call_id, name, args.text))
         self._out.tool_calls.append(
-            ParsedToolCall(
-                index=index,
-                id=make_tool_call_id(name, self._history + index),
-                name=name,
-                arguments=args.text,
-            )
+            ParsedToolCall(index=index, id=call_id, name=name, arguments=args.text)
         )
 
     def _name_from_arguments(self, args: Arguments) -> str | None:
@@ -419,8 +529,17 @@ class KimiToolCallParser:
             return self._tools[0].name
         return self._schemas.unique_match(args.value)
 
-    def _drop(self, raw_id: str, name: str, reason: DropReason, args: str) -> None:
-        self._out.dropped.append(DroppedToolCall(raw_id, name, reason, args))
+    def _drop(
+        self,
+        raw_id: str,
+        name: str,
+        reason: DropReason,
+        args: str,
+        live: tuple[int, str, str] | None = None,
+    ) -> None:
+        self._out.dropped.append(
+            DroppedToolCall(raw_id, name, reason, args, streamed=live is not None)
+        )
 
 
 def parse_tool_calls(
@@ -428,9 +547,10 @@ def parse_tool_calls(
     tools: Sequence[ToolSpec],
     history_tool_calls: int = 0,
     checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
+    stream_arguments: Collection[str] = (),
 ) -> ParseDelta:
     """Parse a complete model output."""
-    parser = KimiToolCallParser(tools, history_tool_calls, checkers)
+    parser = KimiToolCallParser(tools, history_tool_calls, checkers, stream_arguments)
     result = parser.feed(text)
     result.extend(parser.finish())
     return result

@@ -41,7 +41,12 @@ from vllm_kimi_tools.enforcer.request import (
     build_spec,
     output_budget,
 )
-from vllm_kimi_tools.enforcer.spec import OPT_OUT_KEY, SPEC_KEY, opted_out
+from vllm_kimi_tools.enforcer.spec import (
+    OPT_OUT_KEY,
+    SPEC_KEY,
+    EnforcerSpec,
+    opted_out,
+)
 from vllm_kimi_tools.parsing import (
     DroppedToolCall,
     KimiToolCallParser,
@@ -77,6 +82,28 @@ ENFORCER_ENV = "VLLM_KIMI_TOOLS_ENFORCER"
 
 def enforcer_enabled_by_env() -> bool:
     return not opted_out(os.environ.get(ENFORCER_ENV, "1"))
+
+
+# Server-wide switch for streaming arguments as they are written (on unless
+# "0"/"false"/"off"/"no"; off: every call is sent whole once complete).
+STREAM_ARGUMENTS_ENV = "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS"
+
+
+def streamed_tools(request: Any) -> frozenset[str]:
+    """Tools whose calls stream as they are written: those the Enforcer
+    constrains exactly in this request (a started call can only become
+    valid). Without the Enforcer, none: a call is sent once it is whole and
+    valid, so a client never receives one that is then dropped."""
+    if opted_out(os.environ.get(STREAM_ARGUMENTS_ENV, "1")):
+        return frozenset()
+    text = (getattr(request, "vllm_xargs", None) or {}).get(SPEC_KEY)
+    if not isinstance(text, str):
+        return frozenset()
+    try:
+        spec = EnforcerSpec.from_json(text)
+    except ValueError:
+        return frozenset()
+    return frozenset(tool.name for tool in spec.tools if tool.exact)
 
 
 def request_tool_decls(request: Any) -> list[ToolDecl]:
@@ -212,9 +239,10 @@ class KimiK2RobustToolParser(ToolParser):
             problem = unsafe_tool_name(decl.name)
             if problem is not None:
                 raise ValueError(f"{PARSER_NAME}: {problem}")
-        # The tool markers must reach the parser as text.
-        if request.tools and request.tool_choice != "none":
-            request.skip_special_tokens = False
+        # The tool markers must reach the parser as text, also in a turn
+        # without tools (or with tool_choice "none"), where a call the model
+        # writes anyway is dropped and its markup kept out of the content.
+        request.skip_special_tokens = False
         # A slow tokenizer's detokenizer would put spaces around every marker
         # (Chat Completions has the switch; Responses in vLLM 0.32 does not,
         # see extract_tool_calls).
@@ -253,6 +281,9 @@ class KimiK2RobustToolParser(ToolParser):
             request_tool_specs(request),
             history_tool_call_count(request),
             enforced_checkers(request),
+            # The same calls stream early as in a stream, so that a call
+            # dropped after its header went out numbers the rest alike.
+            streamed_tools(request),
         )
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
@@ -286,6 +317,7 @@ class KimiK2RobustToolParser(ToolParser):
                 request_tool_specs(request),
                 history_tool_call_count(request),
                 enforced_checkers(request),
+                streamed_tools(request),
             )
         if self._stream_text is not None and delta_token_ids:
             # The token ids are the exact text, whatever the detokenizer did.
@@ -324,18 +356,18 @@ def _require_render_hook() -> None:
 
 def _to_delta_message(delta: ParseDelta) -> DeltaMessage | None:
     _report_dropped(delta.dropped)
-    if not delta.content and not delta.tool_calls:
+    if not delta.content and not delta.call_deltas:
         return None
     return DeltaMessage(
         content=delta.content or None,
         tool_calls=[
             DeltaToolCall(
-                index=call.index,
-                id=call.id,
-                type="function",
-                function=DeltaFunctionCall(name=call.name, arguments=call.arguments),
+                index=piece.index,
+                id=piece.id,
+                type="function" if piece.id is not None else None,
+                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
             )
-            for call in delta.tool_calls
+            for piece in delta.call_deltas
         ],
     )
 
@@ -344,9 +376,10 @@ def _report_dropped(dropped: Sequence[DroppedToolCall]) -> None:
     for call in dropped:
         metrics.record_dropped(call.reason.value)
         logger.warning(
-            "%s: dropped a tool call (%s): id=%r name=%r arguments=%.200r",
+            "%s: dropped a tool call (%s%s): id=%r name=%r arguments=%.200r",
             PARSER_NAME,
             call.reason.value,
+            "; its start was already streamed" if call.streamed else "",
             call.raw_id,
             call.name,
             call.arguments,

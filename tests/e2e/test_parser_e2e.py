@@ -170,14 +170,21 @@ def test_streaming_matches_non_streaming(robust_server, output, expected) -> Non
 
 
 def test_truncated_call_reports_length(robust_server) -> None:
-    output = "Let me look." + section(call("functions.search:1", {"q": "x" * 40}))
-    for choice in (
-        _chat(robust_server, output, max_tokens=14),
-        _chat_stream(robust_server, output, max_tokens=14),
-    ):
-        content, calls, finish = _summary(choice)
-        assert (calls, finish) == ([], "length")
-        assert content == "Let me look."
+    args = json.dumps({"q": "x" * 40})
+    output = "Let me look." + section(call("functions.search:1", args))
+    whole = _chat(robust_server, output, max_tokens=14)
+    assert _summary(whole) == ("Let me look.", [], "length")
+    # Streamed, the call's start already went out (the Enforcer is on, so
+    # its arguments stream as written); "length" says it never finished.
+    streamed = _chat_stream(robust_server, output, max_tokens=14)
+    assert (streamed["content"], streamed["finish_reason"]) == (
+        "Let me look.",
+        "length",
+    )
+    for tc in streamed.get("tool_calls") or []:
+        assert tc["id"] == "functions.search:1"
+        assert args.startswith(tc["function"]["arguments"])
+        assert tc["function"]["arguments"] != args
 
 
 def test_responses_api(robust_server) -> None:

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import SHARED
+from vllm_kimi_tools import tokens
+from vllm_kimi_tools.testbed.k2vv import accumulate_stream
 from vllm_kimi_tools.testbed.k2vv_sim import Result, Simulation
-from vllm_kimi_tools.testbed.scenarios import forced_scenarios, suite
+from vllm_kimi_tools.testbed.scenarios import call, forced_scenarios, suite
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
 from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi, tokenizer_kind
 
@@ -76,13 +78,19 @@ def k25_server(cache_dir: Path) -> Iterator[VllmServer]:
         yield server
 
 
-def _reply(result: Result) -> tuple[Any, ...]:
-    """What a client reads: content, reasoning, ids, names, argument text."""
+def _reply(result: Result, stream: bool = False) -> tuple[Any, ...]:
+    """What a client keeps: content, reasoning, ids, names, argument text.
+
+    A stream cut by ``max_tokens`` may have sent the start of a call (its
+    arguments stream as written); ``length`` tells the client to drop it.
+    """
     message = result.message or {}
     calls = tuple(
         (c.get("id"), c["function"].get("name"), c["function"].get("arguments"))
         for c in message.get("tool_calls") or []
     )
+    if stream and result.finish_reason == "length":
+        calls = ()
     return (message.get("content") or None, message.get("reasoning") or None, calls)
 
 
@@ -113,11 +121,11 @@ def test_every_reply_exact_on_both_apis(request, template: str) -> None:
     assert not failed
     differ = {
         scenario: {
-            f"{api}{'/stream' * stream}": _reply(r)
+            f"{api}{'/stream' * stream}": _reply(r, stream)
             for (api, stream), r in zip(VARIANTS, results)
         }
         for scenario, results in matrix
-        if len({_reply(r) for r in results}) != 1
+        if len({_reply(r, s) for (_, s), r in zip(VARIANTS, results)}) != 1
     }
     assert not differ
     # Finish reasons: the same streamed or not (the APIs word them apart:
@@ -133,3 +141,56 @@ def test_every_reply_exact_on_both_apis(request, template: str) -> None:
     replies = [_reply(results[0]) for _, results in matrix]
     assert sum(1 for r in replies if r[2]) >= len(replies) - 3
     assert sum(1 for r in replies if r[1]) >= 8
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_turn_without_tools_keeps_call_markup_out(k25_server, stream) -> None:
+    """After a tool-calling history, a turn that declares no tools: a call
+    the model writes anyway is not returned, and none of it is content."""
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "functions.get_weather:0",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Oslo"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "cold"},
+        {"role": "user", "content": "Thanks. And Rome?"},
+    ]
+    output = (
+        "Rome next.</think>Checking."
+        + tokens.TOOL_CALLS_SECTION_BEGIN
+        + call("get_weather", '{"city": "Rome"}', 1)
+        + tokens.TOOL_CALLS_SECTION_END
+        + tokens.IM_END
+    )
+    body = {
+        "model": "tinykimi",
+        "messages": history,
+        "max_tokens": 60,
+        "temperature": 0,
+        "vllm_xargs": {"puppet_script": k25_server.tokenize(output)},
+    }
+    if stream:
+        message, finish = accumulate_stream(
+            k25_server.stream("/v1/chat/completions", body)
+        )
+    else:
+        status, reply = k25_server.post("/v1/chat/completions", body)
+        assert status == 200, reply
+        message, finish = (
+            reply["choices"][0]["message"],
+            reply["choices"][0]["finish_reason"],
+        )
+    assert not message.get("tool_calls")
+    assert message["content"] == "Checking."
+    assert finish == "stop"

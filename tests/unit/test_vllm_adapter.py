@@ -577,3 +577,76 @@ def test_a_clients_own_enforcer_spec_is_not_trusted(parser_cls, tokenizer):
     )
     parser_cls(tokenizer, request.tools).adjust_request(request)
     assert "kimi_tools_enforcer" not in request.vllm_xargs
+
+
+def _stream_pieces(parser: Any, request: Any, text: str, size: int) -> list[Any]:
+    """Every tool-call delta the serving layer would send, in order."""
+    out = []
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    for i, piece in enumerate(pieces):
+        delta = parser.parse_delta(
+            piece, [], request, prompt_token_ids=[], finished=i == len(pieces) - 1
+        )
+        out.extend(delta.tool_calls if delta is not None else [])
+    return out
+
+
+def test_enforced_call_streams_its_arguments_as_written(parser_cls, tokenizer):
+    args = json.dumps({"city": "Tokyo " * 40})
+    text = "Sure." + section(call("functions.get_weather:2", args))
+    request = _request()
+    parser_cls(tokenizer, request.tools).adjust_request(request)
+    assert "kimi_tools_enforcer" in request.vllm_xargs  # the Enforcer is on
+    pieces = _stream_pieces(parser_cls(tokenizer, request.tools), request, text, 5)
+    assert [(p.index, p.id, p.function.name) for p in pieces[:1]] == [
+        (0, "functions.get_weather:2", "get_weather")
+    ]
+    assert all(p.index == 0 and p.id is None for p in pieces[1:])
+    assert all(p.function.name is None for p in pieces[1:])
+    assert len(pieces) > 20  # the arguments went out piece by piece
+    streamed = "".join(p.function.arguments or "" for p in pieces)
+    _, _, calls = parser_cls(tokenizer, request.tools).parse(
+        text, request, enable_auto_tools=True
+    )
+    assert streamed == calls[0].arguments == args
+
+
+def test_unenforced_call_is_sent_whole(parser_cls, tokenizer, monkeypatch):
+    text = section(call("functions.get_weather:2", {"city": "Oslo"}))
+    for switch in ("VLLM_KIMI_TOOLS_ENFORCER", "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS"):
+        with monkeypatch.context() as m:
+            m.setenv(switch, "0")
+            request = _request()
+            parser_cls(tokenizer, request.tools).adjust_request(request)
+            parser = parser_cls(tokenizer, request.tools)
+            pieces = _stream_pieces(parser, request, text, 3)
+        assert [(p.id, p.function.arguments) for p in pieces] == [
+            ("functions.get_weather:2", '{"city": "Oslo"}')
+        ], switch
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_turn_without_tools_keeps_call_markup_out(parser_cls, tokenizer, stream):
+    """A later turn without ``tools``: the markers still reach the parser (so
+    a call the model writes anyway is dropped, counted, and its markup does
+    not become content)."""
+    request = _request(tools=None)
+    assert request.tool_choice == "none"
+    request = parser_cls(tokenizer, None).adjust_request(request)
+    assert request.skip_special_tokens is False
+    text = "Sure." + section(call("functions.get_weather:2", {"city": "Oslo"}))
+    before = metrics.dropped_counts().get("undeclared_tool", 0)
+    parser = parser_cls(tokenizer, None)
+    if stream:
+        content = ""
+        for i, ch in enumerate(text):
+            delta = parser.parse_delta(
+                ch, [], request, prompt_token_ids=[], finished=i == len(text) - 1
+            )
+            assert delta is None or not delta.tool_calls
+            content += (delta.content or "") if delta is not None else ""
+    else:
+        _, content, calls = parser.parse(text, request, enable_auto_tools=True)
+        assert not calls
+    assert content == "Sure."
+    assert metrics.dropped_counts().get("undeclared_tool", 0) == before + 1

@@ -229,6 +229,7 @@ class Reply:
     error: str | None = None  # transport error
     aborted: bool = False  # we closed the stream on purpose
     first_event_s: float | None = None
+    event_s: list[float] = field(default_factory=list)  # each event's arrival
 
 
 def post(
@@ -260,6 +261,7 @@ def post(
                 body = raw
             return Reply(resp.status, body, time.perf_counter() - start)
         events: list[dict[str, Any]] = []
+        arrived: list[float] = []
         first = None
         for raw_line in resp:
             line = raw_line.decode(errors="replace").strip()
@@ -279,6 +281,7 @@ def post(
                 events.append(json.loads(payload))
             except ValueError:
                 events.append({"error": {"message": f"not JSON: {payload[:200]}"}})
+            arrived.append(time.perf_counter() - start)
             if first is None:
                 first = time.perf_counter() - start
             if abort_after is not None and len(events) >= abort_after:
@@ -286,7 +289,13 @@ def post(
                 return Reply(
                     200, events, time.perf_counter() - start, None, True, first
                 )
-        return Reply(200, events, time.perf_counter() - start, first_event_s=first)
+        return Reply(
+            200,
+            events,
+            time.perf_counter() - start,
+            first_event_s=first,
+            event_s=arrived,
+        )
     except TimeoutError:
         return Reply(
             None, None, time.perf_counter() - start, f"no answer in {timeout} s"
