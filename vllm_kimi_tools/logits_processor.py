@@ -332,7 +332,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 # Sparse grammar rows are cheaper as a keep-list than as a
                 # bitmask.
                 words = bitmask[row]
-                if int(np.bitwise_count(words).sum()) <= SPARSE_ROW_MAX:
+                if _allowed_count(words) <= SPARSE_ROW_MAX:
                     ids_np = _set_bits(words)
                     only_rows.append(row)
                     only_sel.extend([row] * len(ids_np))
@@ -622,6 +622,12 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             )
         self._accept(req, [*history, newest])
         req.consumed = written
+
+
+def _allowed_count(words: np.ndarray) -> int:
+    """Tokens an int32 bitmask row allows (NumPy counts the bits of a signed
+    word's absolute value: -1, 32 allowed tokens, would count as 1)."""
+    return int(np.bitwise_count(words.view(np.uint32)).sum())
 
 
 def _set_bits(words: np.ndarray) -> np.ndarray:

@@ -229,3 +229,24 @@ def test_log_excerpt_collapses_repeats() -> None:
     excerpt = log_excerpt(text)
     assert "RecursionError: too deep" in excerpt
     assert excerpt.count("for error in errors") <= 2
+
+
+def test_a_call_in_flight_at_length_is_not_judged_yet() -> None:
+    from vllm_kimi_tools.testbed.hostile import check_choice
+
+    schemas = {"f": {"type": "object", "properties": {"q": {"type": "string"}}}}
+
+    def message(args: str) -> dict:
+        return {
+            "content": None,
+            "tool_calls": [
+                {"id": "functions.f:0", "function": {"name": "f", "arguments": args}}
+            ],
+        }
+
+    assert check_choice(message('{"q": "ab'), "length", schemas, 0) == []
+    assert check_choice(message('{"q": "ab'), "tool_calls", schemas, 0)
+    assert check_choice(message('{"q": 1}'), "length", schemas, 0)  # whole: judged
+    wrong_id = message('{"q": "ab')
+    wrong_id["tool_calls"][0]["id"] = "call_1"
+    assert check_choice(wrong_id, "length", schemas, 0)

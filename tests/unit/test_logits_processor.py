@@ -568,3 +568,17 @@ def test_the_issue_schemas_decode_through_the_processor(
     text = b"".join(store.table.token_bytes[t] for t in out).decode()
     args = text.split("<|tool_call_argument_begin|>")[1].split("<|tool_call_end|>")[0]
     assert Draft202012Validator(schema).is_valid(json.loads(args)), args
+
+
+def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
+    """A word of -1 allows 32 tokens (NumPy's bit count of a signed -1 is 1,
+    which sent rows of 100,000 allowed ids down the keep-list path)."""
+    from vllm_kimi_tools.logits_processor import SPARSE_ROW_MAX, _allowed_count
+
+    words = np.full(V // 32, -1, dtype=np.int32)
+    assert _allowed_count(words) == V
+    words[: V // 64] = 0
+    assert _allowed_count(words) == V // 2 > SPARSE_ROW_MAX
+    sparse = np.zeros(V // 32, dtype=np.int32)
+    sparse[:3] = -1
+    assert _allowed_count(sparse) == 96 <= SPARSE_ROW_MAX

@@ -1527,6 +1527,14 @@ def tool_schemas(tools: Any) -> dict[str, Any]:
     return out
 
 
+def _whole_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_choice(
     message: dict[str, Any],
     finish_reason: str | None,
@@ -1534,9 +1542,19 @@ def check_choice(
     first_index: int,
 ) -> list[str]:
     """Problems with one choice: undeclared or invalid calls, ids that are
-    not ``functions.NAME:IDX`` counting from ``first_index``, leaked markup."""
+    not ``functions.NAME:IDX`` counting from ``first_index``, leaked markup.
+
+    Under ``finish_reason: "length"`` the last call of a stream may be the
+    start of one cut off (arguments stream as written; the client discards
+    it): its arguments are checked only once they are a whole JSON value.
+    """
     problems = []
     calls = message.get("tool_calls") or []
+    in_flight = -1
+    if finish_reason == "length" and calls:
+        last = (calls[-1].get("function") or {}).get("arguments") or ""
+        if not _whole_json(last):
+            in_flight = len(calls) - 1
     if finish_reason == "tool_calls" and not calls:
         problems.append("finish_reason tool_calls without calls")
     ids = [c.get("id") for c in calls]
@@ -1547,7 +1565,9 @@ def check_choice(
         name = function.get("name")
         if name not in schemas:
             problems.append(f"undeclared tool {name!r:.60}")
-        elif why := check_arguments(schemas[name], function.get("arguments")):
+        elif i != in_flight and (
+            why := check_arguments(schemas[name], function.get("arguments"))
+        ):
             problems.append(f"{name!s:.40}: {why}")
         match = CANONICAL_ID.fullmatch(c.get("id") or "")
         if not match or match["name"] != name or int(match["idx"]) != first_index + i:
