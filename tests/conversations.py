@@ -26,6 +26,25 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 
+# One canonical tool round trip: the call and its result (the next user turn
+# is each test's own).
+WEATHER_ROUND_TRIP: list[dict[str, Any]] = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "functions.get_weather:0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "cold"},
+]
+
+
 def _call(tool_id: str, name: str, args: Any) -> dict[str, Any]:
     return {
         "id": tool_id,

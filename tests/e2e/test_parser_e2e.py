@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.conversations import WEATHER_ROUND_TRIP
 from tests.kimi_text import (
     ARG,
     CALL,
@@ -40,19 +41,7 @@ TOOLS = [
     ),
 ]
 HISTORY = [
-    {"role": "user", "content": "Weather in Oslo?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {
-                "id": "functions.get_weather:0",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "cold"},
+    *WEATHER_ROUND_TRIP,
     {"role": "user", "content": "And Tokyo, and search for news?"},
 ]
 MARKERS = (SEC, SEC_END, CALL, ARG, END, tokens.IM_END)

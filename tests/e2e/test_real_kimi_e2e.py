@@ -23,10 +23,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import SHARED
+from tests.conversations import WEATHER_ROUND_TRIP
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.testbed.k2vv import accumulate_stream
 from vllm_kimi_tools.testbed.k2vv_sim import Result, Simulation
-from vllm_kimi_tools.testbed.scenarios import call, forced_scenarios, suite
+from vllm_kimi_tools.testbed.scenarios import (
+    call,
+    forced_scenarios,
+    section,
+    suite,
+)
 from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
 from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi, tokenizer_kind
 
@@ -148,29 +154,12 @@ def test_turn_without_tools_keeps_call_markup_out(k25_server, stream) -> None:
     """After a tool-calling history, a turn that declares no tools: a call
     the model writes anyway is not returned, and none of it is content."""
     history = [
-        {"role": "user", "content": "Weather in Oslo?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {
-                    "id": "functions.get_weather:0",
-                    "type": "function",
-                    "function": {
-                        "name": "get_weather",
-                        "arguments": '{"city": "Oslo"}',
-                    },
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "cold"},
+        *WEATHER_ROUND_TRIP,
         {"role": "user", "content": "Thanks. And Rome?"},
     ]
     output = (
         "Rome next.</think>Checking."
-        + tokens.TOOL_CALLS_SECTION_BEGIN
-        + call("get_weather", '{"city": "Rome"}', 1)
-        + tokens.TOOL_CALLS_SECTION_END
+        + section(call("get_weather", '{"city": "Rome"}', 1))
         + tokens.IM_END
     )
     body = {
