@@ -79,14 +79,15 @@ def main() -> int:
         result = json.loads(args.render.read_text())
         save_results(args.out, results_name(result), result, render(result))
         return 0
-    if args.malloc_arena_max is not None:  # inherited by the server
-        os.environ["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
     cache = cache_dir()
     model = ensure_tinykimi(cache / "tinykimi")
     tokenizer = describe(model)
     print("tokenizer:", tokenizer, flush=True)
     start = time.perf_counter()
-    with Supervisor(args.config, model, cache, cache / "logs", "soak") as sup:
+    env = {}
+    if args.malloc_arena_max is not None:
+        env["MALLOC_ARENA_MAX"] = str(args.malloc_arena_max)
+    with Supervisor(args.config, model, cache, cache / "logs", "soak", env=env) as sup:
         soak = run_soak(
             sup,
             args.requests,

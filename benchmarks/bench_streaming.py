@@ -150,22 +150,15 @@ def main() -> int:
             base, label, env = VARIANTS[config]
         else:
             base, label, env = config, CONFIGS[config][0], {}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the server inherits it
-        try:
-            with Supervisor(base, model, cache, cache / "logs", "streaming") as sup:
-                call_args = long_arguments(sup, args.tokens)
-                result["argument_tokens"] = len(sup.tokenize(call_args))
-                runs = [
-                    measure(sup, call_args, result["argument_tokens"] + 200)
-                    for _ in range(args.repeat)
-                ]
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with Supervisor(
+            base, model, cache, cache / "logs", "streaming", env=env
+        ) as sup:
+            call_args = long_arguments(sup, args.tokens)
+            result["argument_tokens"] = len(sup.tokenize(call_args))
+            runs = [
+                measure(sup, call_args, result["argument_tokens"] + 200)
+                for _ in range(args.repeat)
+            ]
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
         summary = {
             k: statistics.median(r[k] for r in runs)

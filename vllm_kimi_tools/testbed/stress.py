@@ -166,10 +166,17 @@ class Supervisor:
     """
 
     def __init__(
-        self, config: str, model: Path, cache: Path, log_dir: Path, tag: str
+        self,
+        config: str,
+        model: Path,
+        cache: Path,
+        log_dir: Path,
+        tag: str,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config, self.model, self.cache = config, model, cache
         self.log_dir, self.tag = log_dir, tag
+        self.env = {**SERVER_ENV, **(env or {})}  # added to the server's
         self.starts = 0
         self.startup_s: list[float] = []
         self.restarts: list[str] = []
@@ -185,7 +192,7 @@ class Supervisor:
             server_args(self.config),
             cache_dir=self.cache,
             log_path=self.log_dir / f"{self.tag}-{self.config}-{self.starts}.log",
-            env=SERVER_ENV,
+            env=self.env,
         )
         server.watch()
         self.starts += 1
