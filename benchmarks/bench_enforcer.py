@@ -36,16 +36,19 @@ import xgrammar as xgr
 from results_io import save_results
 from transformers import AutoTokenizer
 
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.enforcer.grammars import GrammarStore
-from vllm_kimi_tools.enforcer.machine import RequestEnforcer
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
-from vllm_kimi_tools.testbed.corpora import bfcl_functions
-from vllm_kimi_tools.testbed.tinykimi import (
+from kimi_testbed.corpora import bfcl_functions
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.tinykimi import (
     describe,
     ensure_tinykimi,
     needs_remote_code,
 )
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,
+)
+from vllm_kimi_tools.enforcer.grammars import GrammarStore
+from vllm_kimi_tools.enforcer.machine import RequestEnforcer
+from vllm_kimi_tools.tools import DeclaredTool
 
 VOCAB = 163_840
 CALENDAR = {
@@ -128,7 +131,7 @@ def builtin_tag_json(tools: list[dict[str, Any]]) -> str:
 
 def compile_ours(info, table, tools, store=None) -> tuple[float, GrammarStore, Any]:
     spec, _ = build_spec(
-        [ToolDecl(t["name"], t["parameters"]) for t in tools], first_index=0
+        [DeclaredTool(t["name"], t["parameters"]) for t in tools], first_index=0
     )
     if store is None:
         store = GrammarStore(table, info, threads=2)

@@ -34,53 +34,49 @@ from typing import Any
 
 from results_io import save_results
 
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.server import PUPPET, VllmServer
+from kimi_testbed.tinykimi import ensure_tinykimi
+from kimi_testbed.wire import call, openai_tool, section
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
 
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "create_event",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "title": {"type": "string", "maxLength": 60},
-                    "start": {"type": "string", "format": "date-time"},
-                    "attendees": {"type": "array", "items": {"type": "string"}},
-                    "room": {"type": "integer", "minimum": 1, "maximum": 999},
-                },
-                "required": ["title", "start"],
+    openai_tool(
+        "create_event",
+        {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "maxLength": 60},
+                "start": {"type": "string", "format": "date-time"},
+                "attendees": {"type": "array", "items": {"type": "string"}},
+                "room": {"type": "integer", "minimum": 1, "maximum": 999},
             },
+            "required": ["title", "start"],
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "q": {"type": "string"},
-                    "limit": {"type": "integer"},
-                },
-                "required": ["q"],
-            },
+    ),
+    openai_tool(
+        "search",
+        {
+            "type": "object",
+            "properties": {"q": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["q"],
         },
-    },
+    ),
 ]
 OUTPUT = (
     "I will create the event and then look for related news for you. "
     "Let me do both now so you have everything in one place."
-    f"{tokens.TOOL_CALLS_SECTION_BEGIN}{tokens.TOOL_CALL_BEGIN}functions.create_event:0"
-    f"{tokens.TOOL_CALL_ARGUMENT_BEGIN}"
-    '{"title": "Planning with the platform team", "start": "2026-11-30T10:00:00Z",'
-    ' "attendees": ["ana@example.com", "bo@example.com"], "room": 412}'
-    f"{tokens.TOOL_CALL_END}{tokens.TOOL_CALL_BEGIN}functions.search:1"
-    f'{tokens.TOOL_CALL_ARGUMENT_BEGIN}{{"q": "platform team planning news", '
-    f'"limit": 5}}{tokens.TOOL_CALL_END}{tokens.TOOL_CALLS_SECTION_END}{tokens.IM_END}'
+    + section(
+        call(
+            "create_event",
+            '{"title": "Planning with the platform team", "start": '
+            '"2026-11-30T10:00:00Z", "attendees": ["ana@example.com", '
+            '"bo@example.com"], "room": 412}',
+            0,
+        ),
+        call("search", '{"q": "platform team planning news", "limit": 5}', 1),
+    )
+    + tokens.IM_END
 )
 CONFIGS = {
     "enforcer": (["--tool-call-parser", "kimi_k2_robust"], {}),

@@ -2,7 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Hostile inputs through real ``vllm serve`` (CPU, loopback), one run.
 
-Every case of ``vllm_kimi_tools/testbed/hostile.py`` (deep nesting, huge
+Every case of ``testbed/kimi_testbed/hostile.py`` (deep nesting, huge
 enums and bounds, ``$ref`` cycles and fan-out, pathological patterns,
 non-standard types, length bounds with ``enum``/``format``/``anyOf``/``$ref``,
 unenforceable keywords, odd names, hostile histories, malformed bodies) is
@@ -12,7 +12,7 @@ says why, or a 200 whose every call is declared, schema-valid
 (``jsonschema``) and canonically numbered (and a call, where the model
 intended one); within its time limit; the next request served; the server
 alive. A server that died or stopped serving is restarted and the suite goes
-on (``vllm_kimi_tools/testbed/stress.py``).
+on (``testbed/kimi_testbed/stress.py``).
 
 Configurations: ``robust`` (``kimi_k2_robust``, the Enforcer on) and, for a
 comparison column, ``stock_strict`` (``kimi_k2 --tool-strict-level
@@ -36,17 +36,17 @@ from typing import Any
 
 from results_io import save_results
 
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.hostile import cases
-from vllm_kimi_tools.testbed.k2vv_sim import CONFIGS
-from vllm_kimi_tools.testbed.stress import (
+from kimi_testbed.hostile import cases
+from kimi_testbed.k2vv_sim import CONFIGS
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.stress import (
     MAX_MODEL_LEN,
     Supervisor,
     case_rows,
     hostile_summary,
     run_hostile,
 )
-from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
+from kimi_testbed.tinykimi import describe, ensure_tinykimi
 
 CHOICES = ("robust", "stock_strict")
 

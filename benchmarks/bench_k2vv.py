@@ -8,10 +8,10 @@ default flags, stock ``kimi_k2 --tool-strict-level parameter``, and
 ``kimi_k2_robust`` (default), each under two chat templates: K2 /
 K2-Thinking rules and K2.5 rules (the prompt opens the thinking; the suite
 is rewritten for it and gains the K2.5-only scenarios). Each gets
-the same scenario suite (``vllm_kimi_tools/testbed/scenarios.py``: every
+the same scenario suite (``testbed/kimi_testbed/scenarios.py``: every
 failure mode of a real Kimi K2 plus BFCL ground-truth calls), replayed by
 the puppet in ``intend`` mode, and every reply is scored with K2VV's rules
-plus ours (``vllm_kimi_tools/testbed/k2vv_sim.py``). Then a throughput
+plus ours (``testbed/kimi_testbed/k2vv_sim.py``). Then a throughput
 phase: the BFCL calls again, non-streamed, ``--concurrency`` at a time,
 ``--rounds`` rounds interleaved across the configurations (all servers stay
 up), the same tokens on every configuration.
@@ -38,8 +38,7 @@ from typing import Any
 
 from results_io import save_results
 
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.k2vv_sim import (
+from kimi_testbed.k2vv_sim import (
     CONFIGS,
     FAILURE_TAGS,
     Simulation,
@@ -47,8 +46,9 @@ from vllm_kimi_tools.testbed.k2vv_sim import (
     start_server,
     summarize,
 )
-from vllm_kimi_tools.testbed.scenarios import suite
-from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.scenarios import suite
+from kimi_testbed.tinykimi import describe, ensure_tinykimi
 
 TEMPLATE_DIRS = {"k2": "tinykimi", "k25": "tinykimi-k25"}
 

@@ -30,52 +30,29 @@ from typing import Any
 
 from results_io import save_results
 
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.tinykimi import ensure_tinykimi
+from kimi_testbed.wire import ARG, CALL, END, SEC, SEC_END, call, openai_tool, section
 from vllm_kimi_tools import register
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
-from vllm_kimi_tools.tokens import (
-    TOOL_CALL_ARGUMENT_BEGIN as ARG,
-)
-from vllm_kimi_tools.tokens import (
-    TOOL_CALL_BEGIN as CALL,
-)
-from vllm_kimi_tools.tokens import (
-    TOOL_CALL_END as END,
-)
-from vllm_kimi_tools.tokens import (
-    TOOL_CALLS_SECTION_BEGIN as SEC,
-)
-from vllm_kimi_tools.tokens import (
-    TOOL_CALLS_SECTION_END as SEC_END,
-)
 
 PARSERS = ("kimi_k2", "kimi_k2_robust")
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
+    openai_tool(
+        "get_weather",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "write_file",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string"},
-                    "content": {"type": "string"},
-                },
-                "required": ["path", "content"],
-            },
+    ),
+    openai_tool(
+        "write_file",
+        {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
         },
-    },
+    ),
 ]
 # One earlier call in the conversation: the next canonical index is 1.
 HISTORY = [
@@ -97,76 +74,67 @@ HISTORY = [
 W = {"city": "Tokyo"}
 
 
-def _call(tool_id: str, args: Any) -> str:
-    text = args if isinstance(args, str) else json.dumps(args)
-    return f"{CALL}{tool_id}{ARG}{text}{END}"
-
-
-def _section(*calls: str) -> str:
-    return SEC + "".join(calls) + SEC_END
-
-
 # name -> (model output, expected content, expected [(name, args)])
 CASES: dict[str, tuple[str, str | None, list[tuple[str, Any]]]] = {
     "canonical": (
-        "Sure." + _section(_call("functions.get_weather:1", W)),
+        "Sure." + section(call("functions.get_weather:1", W)),
         "Sure.",
         [("get_weather", W)],
     ),
     "id without functions.": (
-        _section(_call("get_weather:1", W)),
+        section(call("get_weather:1", W)),
         None,
         [("get_weather", W)],
     ),
     "id functions_x_1": (
-        _section(_call("functions_get_weather_1", W)),
+        section(call("functions_get_weather_1", W)),
         None,
         [("get_weather", W)],
     ),
     "opaque id call_…": (
-        _section(_call("call_9f2c", {"path": "a", "content": "b"})),
+        section(call("call_9f2c", {"path": "a", "content": "b"})),
         None,
         [("write_file", {"path": "a", "content": "b"})],
     ),
     "model reuses index 0": (
-        _section(_call("functions.get_weather:0", W)),
+        section(call("functions.get_weather:0", W)),
         None,
         [("get_weather", W)],
     ),
     "bare call, no section": (
-        "Hi" + _call("functions.get_weather:1", W),
+        "Hi" + call("functions.get_weather:1", W),
         "Hi",
         [("get_weather", W)],
     ),
     "missing section end": (
-        SEC + _call("functions.get_weather:1", W),
+        SEC + call("functions.get_weather:1", W),
         None,
         [("get_weather", W)],
     ),
     "text after section": (
-        _section(_call("functions.get_weather:1", W)) + "Done.",
+        section(call("functions.get_weather:1", W)) + "Done.",
         "Done.",
         [("get_weather", W)],
     ),
     "string-encoded args": (
-        _section(_call("functions.get_weather:1", json.dumps(json.dumps(W)))),
+        section(call("functions.get_weather:1", json.dumps(json.dumps(W)))),
         None,
         [("get_weather", W)],
     ),
-    "undeclared tool": (_section(_call("functions.img_gen:1", {"p": "cat"})), None, []),
+    "undeclared tool": (section(call("functions.img_gen:1", {"p": "cat"})), None, []),
     "truncated arguments": (
         "Wait." + SEC + CALL + "functions.get_weather:1" + ARG + '{"city": "To',
         "Wait.",
         [],
     ),
     "invalid JSON": (
-        _section(_call("functions.get_weather:1", '{"city": Tokyo}')),
+        section(call("functions.get_weather:1", '{"city": Tokyo}')),
         None,
         [],
     ),
     "marker inside string": (
-        _section(
-            _call(
+        section(
+            call(
                 "functions.write_file:1",
                 {"path": "a.md", "content": "ends with " + END},
             )
@@ -175,9 +143,9 @@ CASES: dict[str, tuple[str, str | None, list[tuple[str, Any]]]] = {
         [("write_file", {"path": "a.md", "content": "ends with " + END})],
     ),
     "two calls": (
-        _section(
-            _call("functions.get_weather:1", W),
-            _call("functions.get_weather:2", {"city": "Rome"}),
+        section(
+            call("functions.get_weather:1", W),
+            call("functions.get_weather:2", {"city": "Rome"}),
         ),
         None,
         [("get_weather", W), ("get_weather", {"city": "Rome"})],
@@ -291,12 +259,12 @@ def _long_output(n_tokens_target: int, tokenizer: Any) -> str:
     while True:
         body = " ".join(f"line {k}-{j} of the report" for j in range(40))
         parts.append(
-            _call(
+            call(
                 f"functions.write_file:{1 + k}", {"path": f"f{k}.txt", "content": body}
             )
         )
         k += 1
-        text = "Writing the files." + _section(*parts)
+        text = "Writing the files." + section(*parts)
         if len(tokenizer.encode(text, add_special_tokens=False)) >= n_tokens_target:
             return text
 

@@ -44,10 +44,10 @@ from typing import Any
 
 from results_io import save_results
 
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.k2vv_sim import CONFIGS
-from vllm_kimi_tools.testbed.stress import MAX_MODEL_LEN, Supervisor, run_soak
-from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
+from kimi_testbed.k2vv_sim import CONFIGS
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.stress import MAX_MODEL_LEN, Supervisor, run_soak
+from kimi_testbed.tinykimi import describe, ensure_tinykimi
 
 RSS_GROWTH_TARGET = 0.05
 

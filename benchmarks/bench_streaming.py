@@ -33,12 +33,12 @@ from typing import Any
 
 from results_io import save_results
 
+from kimi_testbed.k2vv_sim import CONFIGS
+from kimi_testbed.paths import cache_dir
+from kimi_testbed.scenarios import call, section
+from kimi_testbed.stress import Supervisor, post
+from kimi_testbed.tinykimi import describe, ensure_tinykimi
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.cli import cache_dir
-from vllm_kimi_tools.testbed.k2vv_sim import CONFIGS
-from vllm_kimi_tools.testbed.scenarios import call, section
-from vllm_kimi_tools.testbed.stress import Supervisor, post
-from vllm_kimi_tools.testbed.tinykimi import describe, ensure_tinykimi
 
 WRITE = {
     "type": "function",

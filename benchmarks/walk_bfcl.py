@@ -3,7 +3,7 @@
 """Walk BFCL's valid calls, tokenized by Moonshot's real tokenizer, through
 the Enforcer, and explain every token it refuses.
 
-Each BFCL case (``vllm_kimi_tools.testbed.corpora.bfcl_cases``: the first
+Each BFCL case (``kimi_testbed.corpora.bfcl_cases``: the first
 ground-truth answer, keys in declared order, valid per ``jsonschema``) is
 written as a Kimi model writes its calls::
 
@@ -14,7 +14,7 @@ written as a Kimi model writes its calls::
 tokenized with the real tokenizer and fed token by token to a
 ``RequestEnforcer`` for the case's declared tools: each token must be allowed
 by the directive before it is accepted. A refused token is classified by the
-documented rule behind it (``vllm_kimi_tools.enforcer.walk.RULES``); the
+documented rule behind it (``kimi_testbed.walk.RULES``); the
 target is 0 unexplained blocks.
 
 Usage::
@@ -36,9 +36,9 @@ from typing import Any
 import jsonschema
 from results_io import save_results
 
+from kimi_testbed.corpora import bfcl_cases
+from kimi_testbed.walk import RULES, call_text, walk_calls
 from vllm_kimi_tools.enforcer.grammars import GrammarStore
-from vllm_kimi_tools.enforcer.walk import RULES, call_text, walk_calls
-from vllm_kimi_tools.testbed.corpora import bfcl_cases
 
 VOCAB = 163_840
 REPO = Path(__file__).resolve().parent.parent

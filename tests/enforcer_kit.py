@@ -11,10 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from kimi_testbed import corpora
 from tests.conftest import SHARED
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,
+)
 from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, RequestEnforcer
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
-from vllm_kimi_tools.testbed import corpora
+from vllm_kimi_tools.tools import DeclaredTool
 
 WALLE_DIR = SHARED / "anchors" / "walle"
 
@@ -32,7 +35,7 @@ def enforcer_for(store, tools: dict[str, Any], **kw: Any) -> RequestEnforcer:
         k: kw.pop(k) for k in ("choice", "named", "parallel", "max_tokens") if k in kw
     }
     spec, _ = build_spec(
-        [ToolDecl(name, params) for name, params in tools.items()],
+        [DeclaredTool(name, params) for name, params in tools.items()],
         first_index=kw.pop("first_index", 0),
         **spec_kw,
     )

@@ -17,49 +17,42 @@ try:
 except PackageNotFoundError:  # pragma: no cover - source checkout
     __version__ = "0.0.0+unknown"
 
-# The ``--tool-call-parser`` / ``--reasoning-parser`` name: a public API.
-PARSER_NAME = "kimi_k2_robust"
-# What the ``hf`` renderer registry entry points to once the hook is in.
-HOOK_RENDERER = ("vllm_kimi_tools.renderer", "KimiAwareHfRenderer")
+from vllm_kimi_tools.names import PARSER_NAME
 
 _REGISTERED = False
 
 
 def register() -> None:
-    """Register the plugin's components with vLLM (idempotent, lazy).
+    """Register the plugin's components with vLLM (idempotent).
 
-    vLLM calls this in every process; it records a module path only, so the
-    parser module is imported when a server actually asks for it.
+    vLLM calls this in every process. It records module paths only (the
+    parsers are imported when a server asks for ``kimi_k2_robust``) and
+    points vLLM's ``hf`` renderer at the chat-template hook, which renders
+    as stock vLLM unless that parser is loaded (:mod:`.chat.hook`). Doing so
+    imports vLLM's parser managers and renderer registry through
+    :mod:`._compat`, which a vLLM process has mostly imported already.
     """
     global _REGISTERED
     if _REGISTERED:
         return
     from vllm_kimi_tools import _compat
+    from vllm_kimi_tools.chat import hook
 
     _compat.ToolParserManager.register_lazy_module(
         name=PARSER_NAME,
-        module_path="vllm_kimi_tools.tool_parser",
+        module_path="vllm_kimi_tools.parser.tool_parser",
         class_name="KimiK2RobustToolParser",
     )
     _compat.ReasoningParserManager.register_lazy_module(
         name=PARSER_NAME,
-        module_path="vllm_kimi_tools.reasoning_parser",
+        module_path="vllm_kimi_tools.parser.reasoning_parser",
         class_name="KimiK2RobustReasoningParser",
     )
-    # The chat-template hook replaces vLLM's ``hf`` renderer with a subclass
-    # that is a no-op unless kimi_k2_robust is the server's parser. If vLLM's
-    # renderer moved, it is not installed and kimi_k2_robust refuses to
-    # start (see tool_parser.py); other servers are unaffected.
-    reason = _compat.hf_renderer_hookable()
-    if reason is None:
-        _compat.install_hf_renderer(*HOOK_RENDERER)
-    else:
-        _HOOK_PROBLEM.append(reason)
+    # If vLLM's renderer registry moved, the hook is not installed and
+    # kimi_k2_robust refuses to start (hook.require); other servers are
+    # unaffected.
+    hook.install()
     _REGISTERED = True
-
-
-# Why the renderer hook could not be installed (empty when it is).
-_HOOK_PROBLEM: list[str] = []
 
 
 __all__ = ["PARSER_NAME", "__version__", "register"]

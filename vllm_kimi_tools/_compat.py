@@ -11,6 +11,7 @@ misbehaving per request.
 
 from __future__ import annotations
 
+from vllm.config import ModelConfig, VllmConfig
 from vllm.entrypoints.generate.base.protocol import (
     DeltaFunctionCall,
     DeltaMessage,
@@ -29,7 +30,8 @@ from vllm.parser.kimi_k2 import KimiK2Parser, kimi_k2_config
 from vllm.parser.utils import count_history_tool_calls
 from vllm.reasoning import ReasoningParserManager
 from vllm.renderers.hf import HfRenderer
-from vllm.renderers.registry import RENDERER_REGISTRY
+from vllm.renderers.params import ChatParams
+from vllm.renderers.registry import RENDERER_REGISTRY, renderer_from_config
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
 from vllm.v1.sample.logits_processor import BatchUpdate
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
@@ -85,6 +87,10 @@ def tokenizer_for(vllm_config):  # -> TokenizerLike | None
 
 
 __all__ = [
+    "ChatParams",
+    "ModelConfig",
+    "VllmConfig",
+    "renderer_from_config",
     "BatchUpdate",
     "LogitsContext",
     "LogitsProcRequestState",

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from vllm_kimi_tools.testbed.server import PUPPET, VllmServer  # noqa: E402
+from kimi_testbed.server import PUPPET, VllmServer  # noqa: E402
 
 
 def _serve(

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.k2vv import check_message
+from kimi_testbed.scenarios import CLOSERS, call
+from kimi_testbed.server import VllmServer
 from tests.kimi_text import openai_tool, section
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import check_message
-from vllm_kimi_tools.testbed.scenarios import CLOSERS, call
-from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -171,9 +171,13 @@ def test_enforcer_reports_what_it_did(robust_server):
     assert requests >= 2 and blocked >= 1 and grammars >= 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the baseline: stock kimi_k2 with default flags constrains nothing",
+)
 @pytest.mark.parametrize("intention", ["undeclared tool", "wrong types", "extra key"])
-def test_stock_parser_lets_them_through(stock_server, intention):
-    """The baseline: stock kimi_k2 with default flags constrains nothing."""
+def test_stock_parser_keeps_calls_valid(stock_server, intention):
     choice = _ask(stock_server, INTENTIONS[intention])
     verdict = check_message(choice["message"], choice["finish_reason"], TOOLS)
-    assert not verdict.ok, choice
+    assert verdict.ok, choice

@@ -2,7 +2,7 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Hostile inputs and a soak, CI size, through real ``vllm serve`` (CPU).
 
-* Hostile: the CI cases of ``vllm_kimi_tools/testbed/hostile.py`` (each kind
+* Hostile: the CI cases of ``testbed/kimi_testbed/hostile.py`` (each kind
   of input the hostile-input report saw break the server, and the ones it
   saw handled well), each sent once to a ``kimi_k2_robust`` server, then one
   ordinary request. Targets: no engine crash, no hang, no 5xx, and every
@@ -29,8 +29,8 @@ import pytest
 
 pytest.importorskip("psutil")
 
-from vllm_kimi_tools.testbed.hostile import cases  # noqa: E402
-from vllm_kimi_tools.testbed.stress import (  # noqa: E402
+from kimi_testbed.hostile import cases  # noqa: E402
+from kimi_testbed.stress import (  # noqa: E402
     CaseResult,
     Supervisor,
     hostile_summary,

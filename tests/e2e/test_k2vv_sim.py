@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from vllm_kimi_tools.testbed.k2vv_sim import Simulation, start_server, summarize
-from vllm_kimi_tools.testbed.scenarios import suite
-from vllm_kimi_tools.testbed.tinykimi import tokenizer_kind
+from kimi_testbed.k2vv_sim import Simulation, start_server, summarize
+from kimi_testbed.scenarios import suite
+from kimi_testbed.tinykimi import tokenizer_kind
 
 pytestmark = pytest.mark.e2e
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.k2vv import accumulate_stream
+from kimi_testbed.server import VllmServer
 from tests.conversations import WEATHER_ROUND_TRIP
 from tests.kimi_text import (
     ARG,
@@ -23,8 +25,6 @@ from tests.kimi_text import (
     section,
 )
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import accumulate_stream
-from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
 

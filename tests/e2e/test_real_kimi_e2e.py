@@ -22,19 +22,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SHARED
-from tests.conversations import WEATHER_ROUND_TRIP
-from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import accumulate_stream
-from vllm_kimi_tools.testbed.k2vv_sim import Result, Simulation
-from vllm_kimi_tools.testbed.scenarios import (
+from kimi_testbed.k2vv import accumulate_stream
+from kimi_testbed.k2vv_sim import Result, Simulation
+from kimi_testbed.scenarios import (
     call,
     forced_scenarios,
     section,
     suite,
 )
-from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
-from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi, tokenizer_kind
+from kimi_testbed.server import PUPPET, VllmServer
+from kimi_testbed.tinykimi import ensure_tinykimi, tokenizer_kind
+from tests.conftest import SHARED
+from tests.conversations import WEATHER_ROUND_TRIP
+from vllm_kimi_tools import tokens
 
 pytestmark = pytest.mark.e2e
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.k2vv import accumulate_stream
+from kimi_testbed.responses_api import accumulate_events
+from kimi_testbed.scenarios import CLOSERS, call
+from kimi_testbed.server import VllmServer
 from tests.kimi_text import openai_tool, section
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import accumulate_stream
-from vllm_kimi_tools.testbed.responses_api import accumulate_events
-from vllm_kimi_tools.testbed.scenarios import CLOSERS, call
-from vllm_kimi_tools.testbed.server import VllmServer
 
 pytestmark = pytest.mark.e2e
 

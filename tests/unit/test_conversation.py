@@ -6,7 +6,7 @@ import copy
 import json
 
 from tests.conversations import CANONICAL, MESSY
-from vllm_kimi_tools.conversation import count_tool_calls, normalize_messages
+from vllm_kimi_tools.chat.conversation import count_tool_calls, normalize_messages
 
 
 def _parsed_args(messages: list) -> list:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_kimi_tools.detokenize import (
+from vllm_kimi_tools.parser.detokenize import (
     TokenText,
     added_token_pattern,
     token_bytes_fn,

@@ -14,20 +14,20 @@ import pytest
 
 from vllm_kimi_tools import metrics
 from vllm_kimi_tools.enforcer.admission import (
+    MAX_TOOLS,
+    AdmissionError,
+    argument_checkers,
+    build_spec,
+    output_budget,
+)
+from vllm_kimi_tools.enforcer.schema_checks import (
     MAX_CHARS_PER_TOKEN,
     check_shape,
     composition_cycle,
     min_size,
 )
-from vllm_kimi_tools.enforcer.request import (
-    MAX_TOOLS,
-    AdmissionError,
-    ToolDecl,
-    argument_checkers,
-    build_spec,
-    output_budget,
-)
 from vllm_kimi_tools.enforcer.schemas import prepare_schema
+from vllm_kimi_tools.tools import DeclaredTool
 
 
 def obj(required: bool = True, **props: Any) -> dict[str, Any]:
@@ -39,12 +39,12 @@ def obj(required: bool = True, **props: Any) -> dict[str, Any]:
 
 def refuse(schema: Any, match: str, **kw: Any) -> AdmissionError:
     with pytest.raises(AdmissionError, match=match) as info:
-        build_spec([ToolDecl("f", schema)], first_index=0, **kw)
+        build_spec([DeclaredTool("f", schema)], first_index=0, **kw)
     return info.value
 
 
 def admit(schema: Any, **kw: Any):
-    spec, notes = build_spec([ToolDecl("f", schema)], first_index=0, **kw)
+    spec, notes = build_spec([DeclaredTool("f", schema)], first_index=0, **kw)
     return spec.tools[0], notes
 
 
@@ -91,7 +91,7 @@ def test_a_huge_schema_is_refused() -> None:
 
 
 def test_too_many_tools() -> None:
-    tools = [ToolDecl(f"t{i}", {"type": "object"}) for i in range(MAX_TOOLS + 1)]
+    tools = [DeclaredTool(f"t{i}", {"type": "object"}) for i in range(MAX_TOOLS + 1)]
     with pytest.raises(AdmissionError, match="at most 1024") as info:
         build_spec(tools, first_index=0)
     assert info.value.reason == "request"
@@ -198,16 +198,19 @@ def test_a_forced_call_must_fit_in_max_tokens() -> None:
     assert error.reason == "budget" and "#/properties/a (minItems 100000)" in str(error)
     refuse(many, "tool_choice names 'f'", named="f", max_tokens=256)
     # Not forced: the model may answer in text; the tool is not offered.
-    spec, notes = build_spec([ToolDecl("f", many)], first_index=0, max_tokens=256)
+    spec, notes = build_spec([DeclaredTool("f", many)], first_index=0, max_tokens=256)
     assert spec.tools == () and "'f' is not offered" in notes[-1]
     assert "787 output tokens" in notes[-1] and "max_tokens 256" in notes[-1]
     admit(many, max_tokens=787)
     admit(many, choice="required", max_tokens=1000)
     admit(many, choice="required")  # max_tokens unset: the ceiling only
     # With several tools, required needs one that fits.
-    small = ToolDecl("g", obj(x={"type": "integer"}))
+    small = DeclaredTool("g", obj(x={"type": "integer"}))
     build_spec(
-        [ToolDecl("f", many), small], first_index=0, choice="required", max_tokens=16
+        [DeclaredTool("f", many), small],
+        first_index=0,
+        choice="required",
+        max_tokens=16,
     )
     with pytest.raises(AdmissionError, match="forced|within max_tokens 4"):
         build_spec([small], first_index=0, choice="required", max_tokens=4)
@@ -231,8 +234,8 @@ def test_a_pattern_counts_towards_the_shortest_call() -> None:
 
 
 def test_a_tool_no_call_fits_is_not_offered_and_the_rest_are() -> None:
-    small = ToolDecl("g", obj(x={"type": "integer"}))
-    big = ToolDecl("f", obj(s={"type": "string", "minLength": 10_000}))
+    small = DeclaredTool("g", obj(x={"type": "integer"}))
+    big = DeclaredTool("f", obj(s={"type": "string", "minLength": 10_000}))
     spec, notes = build_spec([big, small], first_index=0, max_tokens=20)
     assert spec.names() == ["g"] and any("'f' is not offered" in n for n in notes)
     # The spec goes through vllm_xargs: an empty tools list survives it.
@@ -313,7 +316,7 @@ def test_schemas_xgrammar_would_refuse_but_are_valid_are_rewritten() -> None:
 def test_attach_counts_refusals_and_loose_tools() -> None:
     pytest.importorskip("vllm")
     from vllm_kimi_tools._compat import ChatCompletionRequest
-    from vllm_kimi_tools.tool_parser import attach_enforcer_spec
+    from vllm_kimi_tools.parser.tool_parser import attach_enforcer_spec
 
     def request(parameters: Any, **kw: Any):
         return ChatCompletionRequest(
@@ -352,9 +355,9 @@ def test_attach_counts_refusals_and_loose_tools() -> None:
 def test_argument_checkers_for_the_api_server() -> None:
     checkers = argument_checkers(
         [
-            ToolDecl("m", obj(x={"type": "float", "multipleOf": 0.0001})),
-            ToolDecl("any", obj(x={"type": "string"}), strict=False),
-            ToolDecl("bad", {"type": "array"}),
+            DeclaredTool("m", obj(x={"type": "float", "multipleOf": 0.0001})),
+            DeclaredTool("any", obj(x={"type": "string"}), strict=False),
+            DeclaredTool("bad", {"type": "array"}),
         ]
     )
     assert set(checkers) == {"m", "any"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_kimi_tools.enforcer.walk import RULES, walk_calls
+from kimi_testbed.walk import RULES, walk_calls
 
 pytest.importorskip("xgrammar")
 pytest.importorskip("bfcl_eval")
@@ -27,7 +27,7 @@ WEATHER = {
 
 
 def _sample(n_calls: int) -> list:
-    from vllm_kimi_tools.testbed.corpora import bfcl_cases
+    from kimi_testbed.corpora import bfcl_cases
 
     cases = list(bfcl_cases())
     picked, calls = [], 0

@@ -35,8 +35,12 @@ import numpy as np
 import pytest
 
 from vllm_kimi_tools import tokens as kt
+from vllm_kimi_tools.enforcer.admission import (
+    AdmissionError,
+    build_spec,
+)
 from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, Phase, RequestEnforcer
-from vllm_kimi_tools.enforcer.request import AdmissionError, ToolDecl, build_spec
+from vllm_kimi_tools.tools import DeclaredTool
 
 xgr = pytest.importorskip("xgrammar")
 hypothesis = pytest.importorskip("hypothesis")
@@ -317,7 +321,9 @@ def to_arguments(enforcer: RequestEnforcer, store) -> None:
 
 def walk_one(store, schema: dict[str, Any], seed: int, stats: Stats, steps: int):
     try:
-        spec, _ = build_spec([ToolDecl("f", schema)], first_index=0, choice="required")
+        spec, _ = build_spec(
+            [DeclaredTool("f", schema)], first_index=0, choice="required"
+        )
     except AdmissionError as e:
         stats.refused += 1
         stats.reasons.append(str(e))

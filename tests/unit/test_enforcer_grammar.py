@@ -15,6 +15,7 @@ import random
 import pytest
 from jsonschema import Draft202012Validator
 
+from kimi_testbed import wire
 from tests.enforcer_kit import (
     allowed,
     bfcl_functions,
@@ -23,6 +24,7 @@ from tests.enforcer_kit import (
     random_call,
     walle_schemas,
 )
+from vllm_kimi_tools import tokens
 from vllm_kimi_tools.enforcer.machine import Phase, RequestEnforcer
 from vllm_kimi_tools.enforcer.schemas import prepare_schema
 from vllm_kimi_tools.enforcer.spec import EnforcerSpec, ToolGrammar
@@ -33,11 +35,8 @@ OBJ = "object"
 
 
 def call(args: str, name: str = "f", idx: int = 0) -> str:
-    return (
-        "<|tool_calls_section_begin|><|tool_call_begin|>"
-        f"functions.{name}:{idx}<|tool_call_argument_begin|>{args}<|tool_call_end|>"
-        "<|tool_calls_section_end|><|im_end|>"
-    )
+    """A whole turn: one call in a section, then the end of the turn."""
+    return wire.section(wire.call(name, args, idx)) + tokens.IM_END
 
 
 def props(required=(), extra=None, **properties):
@@ -195,9 +194,7 @@ TABLE = [
 @pytest.mark.parametrize(
     ("feature", "schema", "args", "valid"), TABLE, ids=[row[0] for row in TABLE]
 )
-def test_accept_reject_table(
-    grammar_store, kimi_tokenizer, feature, schema, args, valid
-):
+def test_accept_reject_table(tiny_store, tiny_tokenizer, feature, schema, args, valid):
     # The table itself is checked against jsonschema first.
     try:
         instance = json.loads(args)
@@ -205,9 +202,7 @@ def test_accept_reject_table(
     except ValueError:
         truth = False
     assert truth is valid, "table row disagrees with jsonschema"
-    result = drive(
-        enforcer_for(grammar_store, {"f": schema}), kimi_tokenizer, call(args)
-    )
+    result = drive(enforcer_for(tiny_store, {"f": schema}), tiny_tokenizer, call(args))
     assert result.ok is (valid and feature not in STRICTER), result
 
 
@@ -244,9 +239,7 @@ def _closers(store, tokenizer) -> list[int]:
     return [*ids, store.table.markers.call_end]
 
 
-def test_walle_schema_grammars_only_accept_valid_instances(
-    grammar_store, kimi_tokenizer
-):
+def test_walle_schema_grammars_only_accept_valid_instances(tiny_store, tiny_tokenizer):
     """Every walle schema compiles; random walks through its grammar end in
     instances that pass jsonschema (the grammar is a subset of the schema).
 
@@ -254,7 +247,7 @@ def test_walle_schema_grammars_only_accept_valid_instances(
     999999999999``, or a required recursive key): those prove nothing either
     way, so nearly all schemas must produce finished walks.
     """
-    closers = _closers(grammar_store, kimi_tokenizer)
+    closers = _closers(tiny_store, tiny_tokenizer)
     cases = walle_schemas()
     if not cases:
         pytest.skip("Moonshot's walle suite is not beside the repo (../shared)")
@@ -267,7 +260,7 @@ def test_walle_schema_grammars_only_accept_valid_instances(
         for _ in range(6):
             if finished >= 2:
                 break
-            enforcer = _value_enforcer(grammar_store, schema)
+            enforcer = _value_enforcer(tiny_store, schema)
             out = random_call(enforcer, rng, closers, steps=600)
             if out is None:
                 continue
@@ -281,11 +274,12 @@ def test_walle_schema_grammars_only_accept_valid_instances(
     assert len(unfinished) <= 3, unfinished
 
 
-def test_bfcl_schemas_compile_or_degrade(grammar_store, kimi_tokenizer):
+def test_bfcl_schemas_compile_or_degrade(tiny_store, tiny_tokenizer):
     """Real-world tool definitions (BFCL): every one prepares and compiles;
     a sample of them enforces valid arguments end to end."""
     pytest.importorskip("bfcl_eval")
-    from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+    from vllm_kimi_tools.enforcer.admission import build_spec
+    from vllm_kimi_tools.tools import DeclaredTool
 
     functions = list(bfcl_functions())
     assert len(functions) > 5000
@@ -294,7 +288,7 @@ def test_bfcl_schemas_compile_or_degrade(grammar_store, kimi_tokenizer):
     for fn in functions:  # every BFCL definition prepares (or degrades)...
         try:
             spec, _notes = build_spec(
-                [ToolDecl(fn["name"], fn.get("parameters"))], first_index=0
+                [DeclaredTool(fn["name"], fn.get("parameters"))], first_index=0
             )
         except ValueError as e:
             refused.append(str(e))
@@ -304,12 +298,12 @@ def test_bfcl_schemas_compile_or_degrade(grammar_store, kimi_tokenizer):
     # only strings ("1" ... "9").
     assert len(refused) == 1 and "number_of_tickets" in refused[0], refused
     rng = random.Random(0)
-    closers = _closers(grammar_store, kimi_tokenizer)
+    closers = _closers(tiny_store, tiny_tokenizer)
     for spec in rng.sample(specs, 40):
-        grammar_store.get(spec.tools[0].grammar)  # compiles (or raises)
-        assert spec.tools[0].grammar not in grammar_store.failed
-        enforcer = RequestEnforcer(spec, grammar_store)
-        walk = enforcer_walk_to_args(enforcer, grammar_store, spec.tools[0].name)
+        tiny_store.get(spec.tools[0].grammar)  # compiles (or raises)
+        assert spec.tools[0].grammar not in tiny_store.failed
+        enforcer = RequestEnforcer(spec, tiny_store)
+        walk = enforcer_walk_to_args(enforcer, tiny_store, spec.tools[0].name)
         out = random_call(walk, rng, closers, steps=150)
         if out is not None:
             json.loads(out)  # well-formed JSON object arguments
@@ -326,6 +320,6 @@ def enforcer_walk_to_args(enforcer, store, name: str) -> RequestEnforcer:
     return enforcer
 
 
-def test_vocab_sized_rows_are_never_empty(grammar_store, kimi_tokenizer):
-    enforcer = _value_enforcer(grammar_store, {"type": "object"})
-    assert allowed(enforcer, grammar_store.table.vocab_size).any()
+def test_vocab_sized_rows_are_never_empty(tiny_store, tiny_tokenizer):
+    enforcer = _value_enforcer(tiny_store, {"type": "object"})
+    assert allowed(enforcer, tiny_store.table.vocab_size).any()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kimi_testbed import wire
+from kimi_testbed.wire import section
 from tests.enforcer_kit import allowed, drive, enforcer_for
 from vllm_kimi_tools.enforcer.machine import Phase
 from vllm_kimi_tools.enforcer.prompt import OutputStart
@@ -24,16 +26,7 @@ ARGS = '{"city": "Oslo"}'
 
 
 def call(name: str, idx: int, args: str = ARGS) -> str:
-    return (
-        f"<|tool_call_begin|>functions.{name}:{idx}"
-        f"<|tool_call_argument_begin|>{args}<|tool_call_end|>"
-    )
-
-
-def section(*calls: str) -> str:
-    return (
-        "<|tool_calls_section_begin|>" + "".join(calls) + "<|tool_calls_section_end|>"
-    )
+    return wire.call(name, args, idx)
 
 
 def ids(tok, *texts: str) -> list[int]:
@@ -94,70 +87,72 @@ def ids(tok, *texts: str) -> list[int]:
         ),
     ],
 )
-def test_wire_format(grammar_store, kimi_tokenizer, text, kw, ok) -> None:
-    result = drive(enforcer_for(grammar_store, TOOLS, **kw), kimi_tokenizer, text)
+def test_wire_format(tiny_store, tiny_tokenizer, text, kw, ok) -> None:
+    result = drive(enforcer_for(tiny_store, TOOLS, **kw), tiny_tokenizer, text)
     assert result.ok is ok, result
 
 
-def test_after_the_section_only_the_end_of_turn(grammar_store, kimi_tokenizer) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS)
-    assert drive(enforcer, kimi_tokenizer, section(call("get_weather", 0))).ok
+def test_after_the_section_only_the_end_of_turn(tiny_store, tiny_tokenizer) -> None:
+    enforcer = enforcer_for(tiny_store, TOOLS)
+    assert drive(enforcer, tiny_tokenizer, section(call("get_weather", 0))).ok
     assert enforcer.phase is Phase.AFTER
-    mask = allowed(enforcer, 163_840)
+    mask = allowed(enforcer, tiny_store.table.vocab_size)
     assert sorted(np.flatnonzero(mask)) == sorted(
-        ids(kimi_tokenizer, "<|im_end|>", "[EOS]")
+        ids(tiny_tokenizer, "<|im_end|>", "[EOS]")
     )
 
 
-def test_no_special_token_inside_arguments(grammar_store, kimi_tokenizer) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS)
+def test_no_special_token_inside_arguments(tiny_store, tiny_tokenizer) -> None:
+    enforcer = enforcer_for(tiny_store, TOOLS)
     prefix = (
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
         '<|tool_call_argument_begin|>{"city": "O'
     )
-    assert drive(enforcer, kimi_tokenizer, prefix).ok
-    mask = allowed(enforcer, 163_840)
-    assert mask[: grammar_store.table.vocab_size].sum() > 100_000  # free string
-    for special in grammar_store.table.special_ids:
-        assert not mask[special], kimi_tokenizer.convert_ids_to_tokens(special)
+    assert drive(enforcer, tiny_tokenizer, prefix).ok
+    mask = allowed(enforcer, tiny_store.table.vocab_size)
+    vocab = tiny_store.table.vocab_size
+    assert mask[:vocab].sum() > vocab // 2  # a free string: most tokens
+    for special in tiny_store.table.special_ids:
+        assert not mask[special], tiny_tokenizer.convert_ids_to_tokens(special)
     # Once the object is complete, <|tool_call_end|> is allowed (alone).
-    assert drive(enforcer, kimi_tokenizer, 'slo"}').ok
-    mask = allowed(enforcer, 163_840)
-    call_end = grammar_store.table.markers.call_end
+    assert drive(enforcer, tiny_tokenizer, 'slo"}').ok
+    mask = allowed(enforcer, tiny_store.table.vocab_size)
+    call_end = tiny_store.table.markers.call_end
     assert mask[call_end]
-    assert not any(mask[s] for s in grammar_store.table.special_ids - {call_end})
+    assert not any(mask[s] for s in tiny_store.table.special_ids - {call_end})
 
 
 def test_header_offers_only_declared_names_at_the_pinned_index(
-    grammar_store, kimi_tokenizer
+    tiny_store, tiny_tokenizer
 ) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS, first_index=7)
+    enforcer = enforcer_for(tiny_store, TOOLS, first_index=7)
     assert drive(
         enforcer,
-        kimi_tokenizer,
+        tiny_tokenizer,
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.",
     ).ok
     offered = {
-        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+        tiny_tokenizer.decode([i])
+        for i in np.flatnonzero(allowed(enforcer, tiny_store.table.vocab_size))
     }
     assert offered and all(
         "get_weather:7".startswith(o) or "search:7".startswith(o) for o in offered
     )
-    assert drive(enforcer, kimi_tokenizer, "search:7").ok
-    assert np.flatnonzero(allowed(enforcer, 163_840)).tolist() == [
-        grammar_store.table.markers.argument_begin
+    assert drive(enforcer, tiny_tokenizer, "search:7").ok
+    assert np.flatnonzero(allowed(enforcer, tiny_store.table.vocab_size)).tolist() == [
+        tiny_store.table.markers.argument_begin
     ]
 
 
-def test_refused_token_turns_the_enforcer_off(grammar_store, kimi_tokenizer) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS)
-    assert not enforcer.accept(grammar_store.table.markers.call_end)
+def test_refused_token_turns_the_enforcer_off(tiny_store, tiny_tokenizer) -> None:
+    enforcer = enforcer_for(tiny_store, TOOLS)
+    assert not enforcer.accept(tiny_store.table.markers.call_end)
     assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
     assert enforcer.directive(None) is None  # no mask any more
 
 
 def test_accept_refuses_what_the_length_mask_refused(
-    grammar_store, kimi_tokenizer
+    tiny_store, tiny_tokenizer
 ) -> None:
     """The masks beyond the grammar bind ``accept`` too: a token the row
     refused stands the Enforcer down even where the grammar allows it."""
@@ -165,46 +160,50 @@ def test_accept_refuses_what_the_length_mask_refused(
         "type": "object",
         "properties": {"v": {"type": "string", "maxLength": 2}},
     }
-    enforcer = enforcer_for(grammar_store, {"f": bounded})
+    enforcer = enforcer_for(tiny_store, {"f": bounded})
     prefix = call("f", 0, '{"v":"ab').removesuffix("<|tool_call_end|>")
-    assert drive(enforcer, kimi_tokenizer, "<|tool_calls_section_begin|>" + prefix).ok
-    (third,) = kimi_tokenizer.encode("c", add_special_tokens=False)
-    assert not allowed(enforcer, 163_840)[third]  # a third character: over
+    assert drive(enforcer, tiny_tokenizer, "<|tool_calls_section_begin|>" + prefix).ok
+    (third,) = tiny_tokenizer.encode("c", add_special_tokens=False)
+    assert not allowed(enforcer, tiny_store.table.vocab_size)[
+        third
+    ]  # a third character: over
     assert not enforcer.accept(third)
     assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
 
 
-def test_with_no_tool_callable_no_call_opens(grammar_store, kimi_tokenizer) -> None:
+def test_with_no_tool_callable_no_call_opens(tiny_store, tiny_tokenizer) -> None:
     huge = {
         "type": "object",
         "properties": {"s": {"type": "string", "minLength": 99_999}},
         "required": ["s"],
     }
-    enforcer = enforcer_for(grammar_store, {"f": huge}, max_tokens=50)
+    enforcer = enforcer_for(tiny_store, {"f": huge}, max_tokens=50)
     assert enforcer.spec.tools == ()  # not offered: no call fits in 50 tokens
-    assert drive(enforcer, kimi_tokenizer, "Sure, in text.<|im_end|>").ok
+    assert drive(enforcer, tiny_tokenizer, "Sure, in text.<|im_end|>").ok
     for text in ("<|tool_calls_section_begin|>", "<|tool_call_begin|>"):
-        enforcer = enforcer_for(grammar_store, {"f": huge}, max_tokens=50)
-        assert not drive(enforcer, kimi_tokenizer, "a" + text).ok
+        enforcer = enforcer_for(tiny_store, {"f": huge}, max_tokens=50)
+        assert not drive(enforcer, tiny_tokenizer, "a" + text).ok
 
 
-def test_whitespace_runs_are_bounded(grammar_store, kimi_tokenizer) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS)
+def test_whitespace_runs_are_bounded(tiny_store, tiny_tokenizer) -> None:
+    enforcer = enforcer_for(tiny_store, TOOLS)
     prefix = (
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
         '<|tool_call_argument_begin|>{"city":'
     )
-    assert drive(enforcer, kimi_tokenizer, prefix + " " * 19).ok
+    assert drive(enforcer, tiny_tokenizer, prefix + " " * 19).ok
     offered = [
-        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+        tiny_tokenizer.decode([i])
+        for i in np.flatnonzero(allowed(enforcer, tiny_store.table.vocab_size))
     ]
     assert any(t.startswith(" ") for t in offered)  # 19 blanks: one more is fine
-    assert drive(enforcer, kimi_tokenizer, " ").ok
+    assert drive(enforcer, tiny_tokenizer, " ").ok
     offered = [
-        kimi_tokenizer.decode([i]) for i in np.flatnonzero(allowed(enforcer, 163_840))
+        tiny_tokenizer.decode([i])
+        for i in np.flatnonzero(allowed(enforcer, tiny_store.table.vocab_size))
     ]
     assert offered and not any(t[:1].isspace() for t in offered), offered
-    assert drive(enforcer, kimi_tokenizer, '"Oslo"}').ok
+    assert drive(enforcer, tiny_tokenizer, '"Oslo"}').ok
 
 
 THINKING, THOUGHT = OutputStart.THINKING, OutputStart.THOUGHT
@@ -239,21 +238,21 @@ THINKING, THOUGHT = OutputStart.THINKING, OutputStart.THOUGHT
     ],
 )
 def test_output_that_starts_where_the_prompt_left_it(
-    grammar_store, kimi_tokenizer, start, text, kw, ok
+    tiny_store, tiny_tokenizer, start, text, kw, ok
 ) -> None:
-    enforcer = enforcer_for(grammar_store, TOOLS, start=start, **kw)
-    result = drive(enforcer, kimi_tokenizer, text)
+    enforcer = enforcer_for(tiny_store, TOOLS, start=start, **kw)
+    result = drive(enforcer, tiny_tokenizer, text)
     assert result.ok is ok, result
 
 
-def test_think_end_is_banned_only_where_no_thinking_is_open(grammar_store) -> None:
-    m = grammar_store.table.markers
-    vocab = grammar_store.table.vocab_size
+def test_think_end_is_banned_only_where_no_thinking_is_open(tiny_store) -> None:
+    m = tiny_store.table.markers
+    vocab = tiny_store.table.vocab_size
     for start, think_end in [
         (OutputStart.TEXT, False),
         (THINKING, True),
         (THOUGHT, False),
     ]:
-        mask = allowed(enforcer_for(grammar_store, TOOLS, start=start), vocab)
+        mask = allowed(enforcer_for(tiny_store, TOOLS, start=start), vocab)
         assert mask[m.think_end] is np.bool_(think_end), start
         assert mask[m.think_begin] is np.bool_(start is OutputStart.TEXT), start

@@ -175,7 +175,7 @@ def test_schema_nodes_lists_what_applies() -> None:
 
 
 def test_the_machine_degrades_when_the_budget_runs_out(
-    grammar_store, kimi_tokenizer, monkeypatch
+    tiny_store, tiny_tokenizer, monkeypatch
 ) -> None:
     """Past its budget a tool's lengths are dropped (counted as a ``budget``
     degrade), the rest of the call is still enforced."""
@@ -190,11 +190,11 @@ def test_the_machine_degrades_when_the_budget_runs_out(
         "properties": {"s": {"$ref": "#/$defs/d0"}},
         **fan_out(5),
     }
-    enforcer = enforcer_for(grammar_store, {"f": schema})
+    enforcer = enforcer_for(tiny_store, {"f": schema})
     text = (
         "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0"
         '<|tool_call_argument_begin|>{"s": "abcdefgh'
     )
-    assert drive(enforcer, kimi_tokenizer, text).ok
+    assert drive(enforcer, tiny_tokenizer, text).ok
     assert enforcer.degrades == {"budget": 1}
-    assert not drive(enforcer, kimi_tokenizer, '", "zz": 1').ok  # still enforced
+    assert not drive(enforcer, tiny_tokenizer, '", "zz": 1').ok  # still enforced

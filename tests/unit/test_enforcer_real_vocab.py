@@ -22,6 +22,9 @@ from jsonschema import Draft202012Validator
 
 from tests.enforcer_kit import allowed, drive, enforcer_for
 from vllm_kimi_tools import tokens as kt
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,
+)
 from vllm_kimi_tools.enforcer.lengths import (
     LengthMasks,
     Lengths,
@@ -29,8 +32,8 @@ from vllm_kimi_tools.enforcer.lengths import (
     Where,
 )
 from vllm_kimi_tools.enforcer.machine import Phase, RequestEnforcer
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
 from vllm_kimi_tools.enforcer.vocab import tokenizer_special_ids
+from vllm_kimi_tools.tools import DeclaredTool
 
 pytest.importorskip("xgrammar")
 hypothesis = pytest.importorskip("hypothesis")
@@ -354,7 +357,7 @@ def test_random_schemas_never_leave_an_empty_row(real_grammar_store) -> None:
     @hypothesis.given(schema=object_schema(), seed=st.integers(0, 2**32 - 1))
     def walk(schema: dict[str, Any], seed: int) -> None:
         try:
-            spec, _ = build_spec([ToolDecl("f", schema)], first_index=0)
+            spec, _ = build_spec([DeclaredTool("f", schema)], first_index=0)
         except ValueError as e:  # e.g. no enum value within the bounds
             assert "within minLength/maxLength" in str(e), e
             stats["refused"] += 1

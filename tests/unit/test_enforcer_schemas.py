@@ -9,9 +9,12 @@ import json
 import pytest
 
 from tests.enforcer_kit import walle_schemas
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,
+)
 from vllm_kimi_tools.enforcer.schemas import UnusableSchemaError, prepare_schema
 from vllm_kimi_tools.enforcer.spec import EnforcerSpec
+from vllm_kimi_tools.tools import DeclaredTool
 
 
 @pytest.mark.parametrize(
@@ -133,7 +136,10 @@ def test_every_walle_schema_prepares(case: str, schema) -> None:
 
 
 def test_build_spec_round_trips_and_refuses_bad_requests() -> None:
-    tools = [ToolDecl("a", {"type": "object"}), ToolDecl("b", None, strict=False)]
+    tools = [
+        DeclaredTool("a", {"type": "object"}),
+        DeclaredTool("b", None, strict=False),
+    ]
     spec, _ = build_spec(tools, first_index=4, choice="required", parallel=False)
     again = EnforcerSpec.from_json(spec.to_json())
     assert again == spec
@@ -143,9 +149,9 @@ def test_build_spec_round_trips_and_refuses_bad_requests() -> None:
     with pytest.raises(ValueError, match="not declared"):
         build_spec(tools, first_index=0, named="zzz")
     with pytest.raises(ValueError, match="declared twice"):
-        build_spec([*tools, ToolDecl("a")], first_index=0)
+        build_spec([*tools, DeclaredTool("a")], first_index=0)
     with pytest.raises(ValueError, match="tool 'x'"):
-        build_spec([ToolDecl("x", {"type": "array"})], first_index=0)
+        build_spec([DeclaredTool("x", {"type": "array"})], first_index=0)
     with pytest.raises(ValueError, match="version"):
         EnforcerSpec.from_json('{"v": 99, "tools": []}')
 
@@ -424,8 +430,12 @@ def test_a_lookaround_pattern_is_loose() -> None:
 def test_the_spec_carries_which_tools_are_exact() -> None:
     spec, _ = build_spec(
         [
-            ToolDecl("a", {"type": "object", "properties": {"n": {"type": "number"}}}),
-            ToolDecl("b", {"type": "object", "properties": {"n": {"multipleOf": 0.1}}}),
+            DeclaredTool(
+                "a", {"type": "object", "properties": {"n": {"type": "number"}}}
+            ),
+            DeclaredTool(
+                "b", {"type": "object", "properties": {"n": {"multipleOf": 0.1}}}
+            ),
         ],
         first_index=0,
     )

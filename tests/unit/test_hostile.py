@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vllm_kimi_tools.testbed.hostile import (
+from kimi_testbed.hostile import (
     ONLY_4XX,
     ORDINARY,
     cases,
@@ -19,7 +19,7 @@ from vllm_kimi_tools.testbed.hostile import (
     judge,
     validation_schema,
 )
-from vllm_kimi_tools.testbed.stress import (
+from kimi_testbed.stress import (
     CORRECT,
     FAILURE_MODES,
     enforcer_state,
@@ -232,7 +232,7 @@ def test_log_excerpt_collapses_repeats() -> None:
 
 
 def test_a_call_in_flight_at_length_is_not_judged_yet() -> None:
-    from vllm_kimi_tools.testbed.hostile import check_choice
+    from kimi_testbed.hostile import check_choice
 
     schemas = {"f": {"type": "object", "properties": {"q": {"type": "string"}}}}
 

@@ -9,16 +9,16 @@ import json
 import jsonschema
 import pytest
 
-from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.corpora import bfcl_cases, json_schema_from_bfcl
-from vllm_kimi_tools.testbed.k2vv import accumulate_stream
-from vllm_kimi_tools.testbed.k2vv_sim import judge, summarize
-from vllm_kimi_tools.testbed.scenarios import (
+from kimi_testbed.corpora import bfcl_cases, json_schema_from_bfcl
+from kimi_testbed.k2vv import accumulate_stream
+from kimi_testbed.k2vv_sim import judge, summarize
+from kimi_testbed.scenarios import (
     CORRECT,
     correct_scenarios,
     failure_scenarios,
     suite,
 )
+from vllm_kimi_tools import tokens
 
 pytest.importorskip("bfcl_eval")
 

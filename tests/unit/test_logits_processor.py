@@ -28,9 +28,12 @@ from vllm.v1.sample.logits_processor import (  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext  # noqa: E402
 
 from vllm_kimi_tools import metrics  # noqa: E402
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec  # noqa: E402
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,  # noqa: E402
+)
+from vllm_kimi_tools.enforcer.logits_processor import KimiToolEnforcer  # noqa: E402
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY  # noqa: E402
-from vllm_kimi_tools.logits_processor import KimiToolEnforcer  # noqa: E402
+from vllm_kimi_tools.tools import DeclaredTool  # noqa: E402
 
 V = 163_840
 WEATHER = {
@@ -58,7 +61,7 @@ def processor(store, *args) -> KimiToolEnforcer:
 
 
 def params(**kw) -> SamplingParams:
-    spec, _ = build_spec([ToolDecl("get_weather", WEATHER)], first_index=0)
+    spec, _ = build_spec([DeclaredTool("get_weather", WEATHER)], first_index=0)
     return SamplingParams(extra_args={SPEC_KEY: spec.to_json()}, **kw)
 
 
@@ -374,7 +377,7 @@ def test_length_fallbacks_are_counted(grammar_store, m, monkeypatch, to_args) ->
 
 
 def params_for(schema, **kw) -> SamplingParams:
-    spec, _ = build_spec([ToolDecl("f", schema)], first_index=0, **kw)
+    spec, _ = build_spec([DeclaredTool("f", schema)], first_index=0, **kw)
     return SamplingParams(extra_args={SPEC_KEY: spec.to_json()})
 
 
@@ -394,7 +397,7 @@ def test_an_exception_in_one_request_stands_only_it_down(
     the other rows stay enforced."""
     warnings: list[str] = []
     monkeypatch.setattr(
-        "vllm_kimi_tools.logits_processor.logger.warning",
+        "vllm_kimi_tools.enforcer.logits_processor.logger.warning",
         lambda msg, *a, **kw: warnings.append(msg % a),
     )
     lp = processor(grammar_store)
@@ -427,7 +430,7 @@ def test_an_exception_in_one_request_stands_only_it_down(
 def test_a_failing_batch_mask_leaves_no_empty_row(grammar_store, m, monkeypatch):
     lp = processor(grammar_store)
     lp.update_state(update(added=[(0, params(), [1], [m.section_begin])], size=1))
-    monkeypatch.setattr(KimiToolEnforcer, "_apply_masks", _explode)
+    monkeypatch.setattr(KimiToolEnforcer, "_apply", _explode)
     logits = torch.zeros(1, V)
     lp.apply(logits)
     assert len(finite(logits[0])) == V and lp._requests[0].stood_down
@@ -573,12 +576,12 @@ def test_the_issue_schemas_decode_through_the_processor(
 def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
     """A word of -1 allows 32 tokens (NumPy's bit count of a signed -1 is 1,
     which sent rows of 100,000 allowed ids down the keep-list path)."""
-    from vllm_kimi_tools.logits_processor import SPARSE_ROW_MAX, _allowed_count
+    from vllm_kimi_tools.enforcer.masks import SPARSE_ROW_MAX, allowed_count
 
     words = np.full(V // 32, -1, dtype=np.int32)
-    assert _allowed_count(words) == V
+    assert allowed_count(words) == V
     words[: V // 64] = 0
-    assert _allowed_count(words) == V // 2 > SPARSE_ROW_MAX
+    assert allowed_count(words) == V // 2 > SPARSE_ROW_MAX
     sparse = np.zeros(V // 32, dtype=np.int32)
     sparse[:3] = -1
-    assert _allowed_count(sparse) == 96 <= SPARSE_ROW_MAX
+    assert allowed_count(sparse) == 96 <= SPARSE_ROW_MAX

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from tests.kimi_text import ARG, CALL, END, SEC, SEC_END, TOOLS, call, section
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.parsing import (
+from vllm_kimi_tools.parser.tool_calls import (
     DropReason,
     KimiToolCallParser,
     ParseDelta,
-    ToolSpec,
     parse_tool_calls,
 )
+from vllm_kimi_tools.tools import DeclaredTool
 
 W = {"city": "Tokyo"}
 Q = {"queries": ["a", "b"]}
@@ -322,7 +322,7 @@ def test_valid_arguments_are_returned_byte_for_byte() -> None:
 
 
 def test_only_declared_tool_takes_opaque_id() -> None:
-    tools = [ToolSpec("get_weather", None)]
+    tools = [DeclaredTool("get_weather", None)]
     result = parse_tool_calls(section(call("call_ab12", {"x": 1})), tools)
     assert [(c.name, c.id) for c in result.tool_calls] == [
         ("get_weather", "functions.get_weather:0")

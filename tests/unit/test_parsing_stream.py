@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.kimi_text import ARG, CALL, END, SEC, SEC_END, TOOLS, call, section
-from vllm_kimi_tools.parsing import (
+from vllm_kimi_tools.parser.tool_calls import (
     DropReason,
     KimiToolCallParser,
     ParseDelta,

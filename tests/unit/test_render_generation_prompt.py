@@ -13,7 +13,7 @@ pytest.importorskip("vllm")
 from vllm.renderers.params import ChatParams  # noqa: E402
 
 from vllm_kimi_tools import tokens  # noqa: E402
-from vllm_kimi_tools.renderer import (  # noqa: E402
+from vllm_kimi_tools.chat.renderer import (  # noqa: E402
     ends_with_generation_prompt,
     ensure_generation_prompt,
 )

@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from kimi_testbed import tinykimi as testbed  # noqa: E402
 from tests.conftest import SHARED  # noqa: E402
 from tests.conversations import (  # noqa: E402
     CANONICAL,
@@ -30,7 +31,6 @@ from tests.conversations import (  # noqa: E402
     TOOLS,
 )
 from vllm_kimi_tools import tokens  # noqa: E402
-from vllm_kimi_tools.testbed import tinykimi as testbed  # noqa: E402
 
 TEMPLATES = sorted((SHARED / "anchors" / "kimi").glob("*.jinja"))
 K25 = testbed.TEMPLATES["k25"]
@@ -54,7 +54,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def renderer(tinykimi: Path) -> Any:
-    from vllm_kimi_tools.render_cli import load_renderer
+    from vllm_kimi_tools.chat.render_cli import load_renderer
 
     return load_renderer(tinykimi)
 
@@ -62,7 +62,7 @@ def renderer(tinykimi: Path) -> Any:
 def _render(
     renderer: Any, template: str, messages: list, *, hook: bool = True, **request
 ) -> str:
-    from vllm_kimi_tools.render_cli import render_request
+    from vllm_kimi_tools.chat.render_cli import render_request
 
     body = {"messages": messages, "tools": TOOLS, "chat_template": template}
     return render_request(renderer, {**body, **request}, hook=hook)
@@ -223,7 +223,7 @@ def test_render_cli_rejects_non_chat_request(tmp_path, capsys) -> None:
 
     request = tmp_path / "request.json"
     request.write_text('{"prompt": "hi"}')
-    assert main(["render", str(request)]) == 2
+    assert main(["render", str(request), "--model", str(tmp_path)]) == 2
     assert "messages" in capsys.readouterr().err
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.tinykimi import TEMPLATES
 from tests.conversations import CANONICAL, MESSY_REASONING, TOOLS
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.tinykimi import TEMPLATES
 
 TEMPLATE = TEMPLATES["k25"].read_text()
 TS_TOOLS = "# Tools\n\n## functions\nnamespace functions {\n// stub\n}\n"
@@ -133,14 +133,14 @@ def test_default_system_prompt_and_tool_results() -> None:
 def k25_renderer(cache_dir: Path) -> Any:
     pytest.importorskip("vllm")
     pytest.importorskip("torch")
-    from vllm_kimi_tools.render_cli import load_renderer
-    from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
+    from kimi_testbed.tinykimi import ensure_tinykimi
+    from vllm_kimi_tools.chat.render_cli import load_renderer
 
     return load_renderer(ensure_tinykimi(cache_dir / "tinykimi-k25", template="k25"))
 
 
 def _vllm_render(renderer: Any, messages: list, *, hook: bool = True, **kw) -> str:
-    from vllm_kimi_tools.render_cli import render_request
+    from vllm_kimi_tools.chat.render_cli import render_request
 
     request = {"messages": messages, "tools": TOOLS, "chat_template_kwargs": kw}
     return render_request(renderer, request, hook=hook)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_kimi_tools.tool_ids import (
+from vllm_kimi_tools.parser.tool_ids import (
     canonical_index,
     make_tool_call_id,
     resolve_tool_call_id,

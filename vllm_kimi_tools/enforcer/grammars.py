@@ -29,13 +29,12 @@ from typing import Any
 
 import xgrammar as xgr
 
+from vllm_kimi_tools import envs
 from vllm_kimi_tools.enforcer.schemas import ANY_OBJECT
 from vllm_kimi_tools.enforcer.vocab import TokenTable, tokenizer_special_ids
 
 # The same text prepare_schema gives a `strict: false` tool: one cache entry.
 ANY_OBJECT_KEY = json.dumps(ANY_OBJECT, separators=(",", ":"))
-CACHE_MB_ENV = "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB"
-COMPILE_WAIT_ENV = "VLLM_KIMI_TOOLS_COMPILE_WAIT_S"
 
 
 class GrammarNotReady(RuntimeError):
@@ -66,9 +65,9 @@ class GrammarStore:
         wait_s: float | None = None,
     ) -> None:
         if cache_bytes is None:
-            cache_bytes = int(os.environ.get(CACHE_MB_ENV, "512")) * (1 << 20)
+            cache_bytes = envs.VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB * (1 << 20)
         if wait_s is None:
-            wait_s = float(os.environ.get(COMPILE_WAIT_ENV, "5"))
+            wait_s = envs.VLLM_KIMI_TOOLS_COMPILE_WAIT_S
         self.wait_s = wait_s
         threads = threads or max(1, min(8, (os.cpu_count() or 2) // 2))
         self.table = table

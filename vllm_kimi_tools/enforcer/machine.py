@@ -49,6 +49,7 @@ from vllm_kimi_tools.enforcer.lengths import JsonCursor, Lengths, Path, Where
 from vllm_kimi_tools.enforcer.paths import SchemaBudgetError, SchemaIndex
 from vllm_kimi_tools.enforcer.prompt import OutputStart
 from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec, ToolGrammar
+from vllm_kimi_tools.parser.tool_ids import make_tool_call_id, split_canonical_id
 
 if TYPE_CHECKING:
     import xgrammar as xgr
@@ -146,7 +147,7 @@ class RequestEnforcer:
         self._unbounded: set[str] = set()  # tools whose lengths were dropped
         grammars.prefetch(tool.grammar for tool in spec.tools)
 
-        # A bare ``<|tool_call_begin|>`` (no section wrapper, B14) opens an
+        # A bare ``<|tool_call_begin|>`` (no section wrapper) opens an
         # implicit section: the parser recovers such calls, so it is allowed.
         outside = tuple(t for t in m.tool_markup() if t != m.call_begin)
         if not self._by_name:
@@ -214,7 +215,7 @@ class RequestEnforcer:
 
     def _header_targets(self) -> list[bytes]:
         idx = self.spec.first_index + self.calls
-        return [f"functions.{name}:{idx}".encode() for name in self._by_name]
+        return [make_tool_call_id(name, idx).encode() for name in self._by_name]
 
     def _args_mask(self, row: np.ndarray) -> bool:
         """Fill ``row``; False when not even the grammar allows a token."""
@@ -390,9 +391,9 @@ class RequestEnforcer:
         if token == self._m.argument_begin:
             if self._header not in targets:
                 return False
-            self._tool = (
-                self._header.decode().removeprefix("functions.").rpartition(":")[0]
-            )
+            parts = split_canonical_id(self._header.decode())
+            assert parts is not None  # one of the targets
+            self._tool = parts[0]
             self._matcher = None
             self.phase = Phase.ARGS
             return True

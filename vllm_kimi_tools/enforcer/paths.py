@@ -46,8 +46,8 @@ from typing import Any
 
 import regex
 
-from vllm_kimi_tools.enforcer.admission import exact_values, resolve
 from vllm_kimi_tools.enforcer.lengths import Lengths, Path, Span
+from vllm_kimi_tools.enforcer.schema_checks import exact_values, resolve
 
 # Formula nodes one lookup may visit before it gives up.
 NODE_BUDGET = 20_000

@@ -47,7 +47,7 @@ import regex as re
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from vllm_kimi_tools.enforcer import admission
+from vllm_kimi_tools.enforcer import schema_checks
 
 # Non-standard type names seen in real tool definitions (BFCL's Python, Java
 # and JavaScript sets) → the JSON-Schema type that accepts every such value.
@@ -140,8 +140,8 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_VALUES = ("items", "additionalProperties", "propertyNames")
 
-MAX_SCHEMA_DEPTH = admission.MAX_SCHEMA_DEPTH
-MAX_SCHEMA_NODES = admission.MAX_SCHEMA_NODES
+MAX_SCHEMA_DEPTH = schema_checks.MAX_SCHEMA_DEPTH
+MAX_SCHEMA_NODES = schema_checks.MAX_SCHEMA_NODES
 # Beyond this many sub-schemas, a tool's string length bounds are not
 # tracked (loose): the per-path walk stays far inside its budget below it.
 MAX_LENGTH_NODES = 2_000
@@ -219,10 +219,10 @@ def prepare_schema(
             f"parameters must be a JSON Schema object, got {type(parameters).__name__}"
         )
     try:
-        admission.check_shape(
+        schema_checks.check_shape(
             parameters, max_depth=MAX_SCHEMA_DEPTH, max_nodes=MAX_SCHEMA_NODES
         )
-    except admission.SchemaShapeError as e:
+    except schema_checks.SchemaShapeError as e:
         raise UnusableSchemaError(str(e)) from e
     try:
         text = json.dumps(parameters, allow_nan=False)
@@ -292,16 +292,16 @@ def _prepare(
     except SchemaError as e:
         path = "/".join(str(p) for p in e.absolute_path) or "(root)"
         raise UnusableSchemaError(f"invalid JSON Schema at {path}: {e.message}") from e
-    cycle = admission.composition_cycle(schema)
+    cycle = schema_checks.composition_cycle(schema)
     if cycle is not None:
         raise UnusableSchemaError(
             f"{cycle}: a $ref/anyOf/allOf cycle that never reaches a value"
         )
-    size = admission.min_size(schema)
-    if size.chars != admission.INFINITE:
-        for note in admission.prune_unproductive(schema):
+    size = schema_checks.min_size(schema)
+    if size.chars != schema_checks.INFINITE:
+        for note in schema_checks.prune_unproductive(schema):
             notes.info(f"{note} (not offered)")
-    if size.chars == admission.INFINITE:
+    if size.chars == schema_checks.INFINITE:
         raise UnusableSchemaError(f"{size.where}: no value can satisfy it ({size.why})")
     prepared = _finish(schema, notes, check_grammar=check_grammar)
     prepared.min_chars, prepared.min_chars_at = size.chars, size.where
@@ -381,7 +381,7 @@ def _all_nodes(schema: Any) -> Iterator[Any]:
         node = stack.pop()
         yield node
         if isinstance(node, dict):
-            stack.extend(sub for _, sub in admission.subschemas(node))
+            stack.extend(sub for _, sub in schema_checks.subschemas(node))
 
 
 def _normalise(node: Any, root: dict[str, Any], where: str, notes: _Notes) -> None:
@@ -570,12 +570,14 @@ def _inline_ref_siblings(
     others = _siblings(node, "$ref")
     if not isinstance(ref, str) or not others:
         return
-    target = admission.resolve(root, ref)
+    target = schema_checks.resolve(root, ref)
     if not isinstance(target, dict) or target is node:
         return
     try:
-        size = admission.check_shape(target, max_depth=16, max_nodes=_MAX_INLINE_NODES)
-    except admission.SchemaShapeError:
+        size = schema_checks.check_shape(
+            target, max_depth=16, max_nodes=_MAX_INLINE_NODES
+        )
+    except schema_checks.SchemaShapeError:
         return
     merged = copy.deepcopy(target)
     merged.pop("$defs", None)
@@ -673,7 +675,7 @@ def _disjoint(branches: list[Any], root: dict[str, Any]) -> bool:
 def _deref(node: Any, root: dict[str, Any]) -> Any:
     for _ in range(8):
         if isinstance(node, dict) and isinstance(node.get("$ref"), str):
-            node = admission.resolve(root, node["$ref"])
+            node = schema_checks.resolve(root, node["$ref"])
         else:
             break
     return node

@@ -29,6 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_kimi_tools.envs import parse_switch
+
 SPEC_KEY = "kimi_tools_enforcer"
 # Per-request opt-out: ``"vllm_xargs": {"kimi_tools_enforce": false}``
 # (``0``, ``"off"`` and ``"false"`` work too).
@@ -123,7 +125,6 @@ class EnforcerSpec:
 
 
 def opted_out(value: Any) -> bool:
-    """True when a request's ``kimi_tools_enforce`` xarg turns enforcement off."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("0", "false", "off", "no")
-    return value is not None and not value
+    """True when a request's ``kimi_tools_enforce`` xarg turns enforcement
+    off (``false``, ``0``, ``"off"``, ...: read as the settings are)."""
+    return parse_switch(value) is False

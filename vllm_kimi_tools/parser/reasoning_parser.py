@@ -36,7 +36,6 @@ import dataclasses
 import functools
 from typing import Any
 
-from vllm_kimi_tools import PARSER_NAME, detokenize
 from vllm_kimi_tools._compat import (
     EventType,
     KimiK2Parser,
@@ -45,6 +44,8 @@ from vllm_kimi_tools._compat import (
     kimi_k2_config,
     make_adapters,
 )
+from vllm_kimi_tools.names import PARSER_NAME
+from vllm_kimi_tools.parser import detokenize
 from vllm_kimi_tools.tokens import (
     IM_ASSISTANT,
     IM_END,

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_kimi_tools.tool_ids import make_tool_call_id, resolve_tool_call_id
+from vllm_kimi_tools.parser.tool_ids import make_tool_call_id, resolve_tool_call_id
 
 
 @dataclass(slots=True)

@@ -2,8 +2,8 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Chat-template preprocessor hook: vLLM's HF renderer, normalising Kimi chats.
 
-Installed for vLLM's ``hf`` renderer mode by :func:`vllm_kimi_tools.register`.
-For every chat rendered in a process whose server uses
+Installed for vLLM's ``hf`` renderer mode by :func:`vllm_kimi_tools.register`
+(:mod:`.hook`). For every chat rendered in a process whose server uses
 ``--tool-call-parser kimi_k2_robust`` (Chat Completions, Responses,
 ``/tokenize``, ``/render``), and only for a tokenizer with Kimi's tool
 tokens, it
@@ -26,13 +26,12 @@ Set ``VLLM_KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vllm_kimi_tools import PARSER_NAME
-from vllm_kimi_tools._compat import HfRenderer, ToolParserManager, init_logger
-from vllm_kimi_tools.conversation import normalize_messages
+from vllm_kimi_tools._compat import HfRenderer, init_logger
+from vllm_kimi_tools.chat import hook
+from vllm_kimi_tools.chat.conversation import normalize_messages
 from vllm_kimi_tools.tokens import (
     GENERATION_PROMPT,
     GENERATION_PROMPTS,
@@ -40,12 +39,6 @@ from vllm_kimi_tools.tokens import (
 )
 
 logger = init_logger(__name__)
-
-ENV_SWITCH = "VLLM_KIMI_TOOLS_NORMALIZE"
-
-
-def hook_enabled_by_env() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").lower() not in ("0", "false", "no", "off")
 
 
 def _all_text(messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -146,10 +139,7 @@ class KimiAwareHfRenderer(HfRenderer):
         return self._generation_ids
 
     def _normalizing(self) -> bool:
-        if (
-            not hook_enabled_by_env()
-            or PARSER_NAME not in ToolParserManager.tool_parsers
-        ):
+        if not hook.normalizing():
             return False
         if self._kimi_vocab is None:
             tokenizer = self.tokenizer

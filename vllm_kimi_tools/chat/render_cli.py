@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vllm_kimi_tools.renderer import ENV_SWITCH
+# The hook's switch (vllm_kimi_tools.envs), set for each of the two renders.
+_SWITCH = "VLLM_KIMI_TOOLS_NORMALIZE"
 
 _RED, _GREEN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
 
@@ -34,11 +35,14 @@ def _needs_remote_code(model: Path) -> bool:
 def load_renderer(model: Path) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from vllm.config import ModelConfig, VllmConfig
-    from vllm.renderers.registry import renderer_from_config
-    from vllm.tool_parsers import ToolParserManager
-
-    from vllm_kimi_tools import PARSER_NAME, register
+    from vllm_kimi_tools import register
+    from vllm_kimi_tools._compat import (
+        ModelConfig,
+        ToolParserManager,
+        VllmConfig,
+        renderer_from_config,
+    )
+    from vllm_kimi_tools.names import PARSER_NAME
 
     register()
     ToolParserManager.get_tool_parser(PARSER_NAME)  # as the server does
@@ -50,7 +54,7 @@ def load_renderer(model: Path) -> Any:
 
 
 def render_request(renderer: Any, request: dict[str, Any], hook: bool) -> str:
-    from vllm.renderers.params import ChatParams
+    from vllm_kimi_tools._compat import ChatParams
 
     kwargs = dict(request.get("chat_template_kwargs") or {})
     kwargs.setdefault(
@@ -65,15 +69,15 @@ def render_request(renderer: Any, request: dict[str, Any], hook: bool) -> str:
         chat_template=request.get("chat_template"),
         chat_template_kwargs=kwargs,
     )
-    previous = os.environ.get(ENV_SWITCH)
-    os.environ[ENV_SWITCH] = "1" if hook else "0"
+    previous = os.environ.get(_SWITCH)
+    os.environ[_SWITCH] = "1" if hook else "0"
     try:
         _, prompt = renderer.render_messages(list(request["messages"]), params)
     finally:
         if previous is None:
-            os.environ.pop(ENV_SWITCH, None)
+            os.environ.pop(_SWITCH, None)
         else:
-            os.environ[ENV_SWITCH] = previous
+            os.environ[_SWITCH] = previous
     ids = prompt.get("prompt_token_ids")
     if ids is not None:
         return renderer.get_tokenizer().decode(ids, skip_special_tokens=False)
@@ -112,9 +116,7 @@ def diff_prompts(before: str, after: str, color: bool) -> str:
     return "\n".join(lines) if lines else "(no differences)"
 
 
-def run(request_path: str, model: str | None, color: bool | None = None) -> int:
-    from vllm_kimi_tools.cli import cache_dir
-
+def run(request_path: str, model: str, color: bool | None = None) -> int:
     request = json.loads(Path(request_path).read_text())
     if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
         print(
@@ -122,13 +124,7 @@ def run(request_path: str, model: str | None, color: bool | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if model is None:
-        from vllm_kimi_tools.testbed.tinykimi import ensure_tinykimi
-
-        model_dir = ensure_tinykimi(cache_dir() / "tinykimi")
-    else:
-        model_dir = Path(model)
-    renderer = load_renderer(model_dir)
+    renderer = load_renderer(Path(model))
     before = render_request(renderer, request, hook=False)
     after = render_request(renderer, request, hook=True)
     if color is None:

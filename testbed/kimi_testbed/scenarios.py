@@ -28,15 +28,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from kimi_testbed.corpora import bfcl_cases
+from kimi_testbed.wire import ARG, CALL, END, SEC, SEC_END, call, openai_tool, section
 from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.corpora import bfcl_cases
 
-SEC, SEC_END = tokens.TOOL_CALLS_SECTION_BEGIN, tokens.TOOL_CALLS_SECTION_END
-CALL, ARG, END = (
-    tokens.TOOL_CALL_BEGIN,
-    tokens.TOOL_CALL_ARGUMENT_BEGIN,
-    tokens.TOOL_CALL_END,
-)
 THINK, THINK_END = tokens.THINK_BEGIN, tokens.THINK_END
 
 CORRECT = "correct call (BFCL)"
@@ -93,24 +88,8 @@ class Scenario:
 
 
 def tool(name: str, parameters: dict[str, Any], description: str = "") -> dict:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": parameters,
-        },
-    }
-
-
-def call(name_or_id: str, args: str, idx: int | None = None) -> str:
-    """One call; ``idx`` given: the id is ``functions.NAME:IDX``."""
-    call_id = name_or_id if idx is None else f"functions.{name_or_id}:{idx}"
-    return f"{CALL}{call_id}{ARG}{args}{END}"
-
-
-def section(*calls: str) -> str:
-    return SEC + "".join(calls) + SEC_END
+    """A ``tools`` entry as the scenarios declare them (with a description)."""
+    return openai_tool(name, parameters, description)
 
 
 def dumps(args: dict[str, Any]) -> str:

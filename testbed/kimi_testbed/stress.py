@@ -37,9 +37,8 @@ from typing import Any
 
 import regex as re
 
-from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.corpora import bfcl_cases
-from vllm_kimi_tools.testbed.hostile import (
+from kimi_testbed.corpora import bfcl_cases
+from kimi_testbed.hostile import (
     FETCH_TRAP,
     ORDINARY,
     HostileCase,
@@ -49,8 +48,8 @@ from vllm_kimi_tools.testbed.hostile import (
     stream_choices,
     tool_schemas,
 )
-from vllm_kimi_tools.testbed.k2vv_sim import CONFIGS, percentile
-from vllm_kimi_tools.testbed.scenarios import (
+from kimi_testbed.k2vv_sim import CONFIGS, percentile
+from kimi_testbed.scenarios import (
     CLOSERS,
     THINK,
     THINK_END,
@@ -58,7 +57,8 @@ from vllm_kimi_tools.testbed.scenarios import (
     dumps,
     section,
 )
-from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
+from kimi_testbed.server import PUPPET, VllmServer
+from vllm_kimi_tools import tokens
 
 # Long enough for 20 BFCL tools, a 2,000-value enum or 200 past calls.
 MAX_MODEL_LEN = 16_384

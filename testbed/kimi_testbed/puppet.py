@@ -25,7 +25,7 @@ else the model's own best allowed token. It always finishes, so what is measured
 the masks, not a random model.
 Past the script's end the row is left alone (``intend``: closers, then the
 model). Load it with
-``--logits-processors vllm_kimi_tools.testbed.puppet:PuppetLogitsProcessor``;
+``--logits-processors kimi_testbed.puppet:PuppetLogitsProcessor``;
 it is deliberately not an entry point.
 """
 

@@ -43,7 +43,8 @@ from typing import Any
 
 import regex as re
 
-from vllm_kimi_tools.arguments import Arguments, parse_arguments
+from vllm_kimi_tools.parser.arguments import Arguments, parse_arguments
+from vllm_kimi_tools.parser.tool_ids import make_tool_call_id, resolve_tool_call_id
 from vllm_kimi_tools.tokens import (
     CHAT_CONTROL_TOKENS,
     RESERVED_TOKEN_FORMAT,
@@ -56,7 +57,7 @@ from vllm_kimi_tools.tokens import (
     TOOL_CALLS_SECTION_BEGIN,
     TOOL_CALLS_SECTION_END,
 )
-from vllm_kimi_tools.tool_ids import make_tool_call_id, resolve_tool_call_id
+from vllm_kimi_tools.tools import DeclaredTool
 
 _SECTION_BEGINS = frozenset({TOOL_CALLS_SECTION_BEGIN, TOOL_CALL_SECTION_BEGIN_ALT})
 _SECTION_ENDS = frozenset({TOOL_CALLS_SECTION_END, TOOL_CALL_SECTION_END_ALT})
@@ -93,14 +94,6 @@ class DropReason(enum.StrEnum):
     # An enforced request's call that still fails its schema (a tool the
     # Enforcer could only enforce loosely, or one it stood down for).
     SCHEMA_INVALID = "schema_invalid"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSpec:
-    """A tool declared in the request."""
-
-    name: str
-    parameters: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +183,7 @@ class _Live(enum.Enum):
 class _SchemaMatcher:
     """Which declared tools' parameter schemas accept an arguments object."""
 
-    def __init__(self, tools: Sequence[ToolSpec]) -> None:
+    def __init__(self, tools: Sequence[DeclaredTool]) -> None:
         self._tools = tools
         self._validators: dict[str, Any] | None = None
 
@@ -244,7 +237,7 @@ class KimiToolCallParser:
 
     def __init__(
         self,
-        tools: Sequence[ToolSpec],
+        tools: Sequence[DeclaredTool],
         history_tool_calls: int = 0,
         checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
         stream_arguments: Collection[str] = (),
@@ -544,7 +537,7 @@ class KimiToolCallParser:
 
 def parse_tool_calls(
     text: str,
-    tools: Sequence[ToolSpec],
+    tools: Sequence[DeclaredTool],
     history_tool_calls: int = 0,
     checkers: Mapping[str, Callable[[Any], list[str]]] | None = None,
     stream_arguments: Collection[str] = (),

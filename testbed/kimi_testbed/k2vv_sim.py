@@ -3,7 +3,7 @@
 """The K2VV simulation: scenarios through real ``vllm serve``, scored.
 
 Each server configuration serves the test-bed model with the puppet; every
-:class:`~vllm_kimi_tools.testbed.scenarios.Scenario` is sent as one Chat
+:class:`~kimi_testbed.scenarios.Scenario` is sent as one Chat
 Completions request (streamed or not) and its reply is scored with K2VV's
 rules (:mod:`.k2vv`) plus ours. A reply fails with one or more of:
 
@@ -29,20 +29,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm_kimi_tools import tokens
-from vllm_kimi_tools.testbed.k2vv import (
+from kimi_testbed.k2vv import (
     ID_PROBLEMS,
     MARKUP_PROBLEM,
     accumulate_stream,
     check_message,
 )
-from vllm_kimi_tools.testbed.responses_api import (
+from kimi_testbed.responses_api import (
     accumulate_events,
     chat_message,
     responses_body,
 )
-from vllm_kimi_tools.testbed.scenarios import CLOSERS, Scenario
-from vllm_kimi_tools.testbed.server import PUPPET, VllmServer
+from kimi_testbed.scenarios import CLOSERS, Scenario
+from kimi_testbed.server import PUPPET, VllmServer
+from vllm_kimi_tools import tokens
 
 # name -> (label, vllm serve arguments, environment)
 CONFIGS: dict[str, tuple[str, list[str], dict[str, str]]] = {

@@ -94,14 +94,20 @@ def resolve_tool_call_id(raw_id: str, declared: Iterable[str]) -> ResolvedId:
     return ResolvedId(name=best, opaque=opaque, guessed_name=guess)
 
 
-def canonical_index(raw_id: str) -> int | None:
-    """The IDX of an id already in canonical ``functions.NAME:IDX`` form."""
+def split_canonical_id(raw_id: str) -> tuple[str, int] | None:
+    """``(NAME, IDX)`` of an id in canonical ``functions.NAME:IDX`` form."""
     if not raw_id.startswith(TOOL_CALL_ID_PREFIX):
         return None
-    _, sep, idx = raw_id.rpartition(":")
+    name, sep, idx = raw_id[len(TOOL_CALL_ID_PREFIX) :].rpartition(":")
     if not sep or not idx.isdigit() or not idx.isascii():
         return None
-    return int(idx)
+    return name, int(idx)
+
+
+def canonical_index(raw_id: str) -> int | None:
+    """The IDX of an id already in canonical ``functions.NAME:IDX`` form."""
+    parts = split_canonical_id(raw_id)
+    return None if parts is None else parts[1]
 
 
 # Text that would end or restructure the call header if a name contained it.

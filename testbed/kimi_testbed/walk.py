@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""Replay known-good tool calls through the Enforcer, token by token (pure).
+"""Replay known-good tool calls through the Enforcer, token by token.
 
 A call whose arguments pass ``jsonschema`` is written as a model writes it
 (:func:`call_text`), tokenized by the real tokenizer, and fed to a
@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kimi_testbed import wire
 from vllm_kimi_tools import tokens as kt
+from vllm_kimi_tools.enforcer.admission import (
+    build_spec,
+)
 from vllm_kimi_tools.enforcer.lengths import JsonCursor, Path, Where
 from vllm_kimi_tools.enforcer.machine import (
     MAX_BLANK_RUN,
@@ -31,8 +35,8 @@ from vllm_kimi_tools.enforcer.machine import (
     RequestEnforcer,
 )
 from vllm_kimi_tools.enforcer.paths import schema_nodes
-from vllm_kimi_tools.enforcer.request import ToolDecl, build_spec
 from vllm_kimi_tools.enforcer.schemas import prepare_schema
+from vllm_kimi_tools.tools import DeclaredTool
 
 if TYPE_CHECKING:
     from vllm_kimi_tools.enforcer.grammars import GrammarStore
@@ -75,13 +79,15 @@ class Walk:
 
 def call_text(calls: Sequence[tuple[str, Any]], first_index: int = 0) -> str:
     """A tool-call section as a Kimi model writes it, then the end of turn."""
-    body = "".join(
-        f"{kt.TOOL_CALL_BEGIN}functions.{name}:{first_index + i}"
-        f"{kt.TOOL_CALL_ARGUMENT_BEGIN}{json.dumps(args, ensure_ascii=False)}"
-        f"{kt.TOOL_CALL_END}"
-        for i, (name, args) in enumerate(calls)
+    return (
+        wire.section(
+            *(
+                wire.call(name, json.dumps(args, ensure_ascii=False), first_index + i)
+                for i, (name, args) in enumerate(calls)
+            )
+        )
+        + kt.IM_END
     )
-    return f"{kt.TOOL_CALLS_SECTION_BEGIN}{body}{kt.TOOL_CALLS_SECTION_END}{kt.IM_END}"
 
 
 def allows(enforcer: RequestEnforcer, row: np.ndarray, token: int) -> bool:
@@ -141,7 +147,7 @@ def walk_calls(
     the schema is refused at admission.
     """
     spec, _ = build_spec(
-        [ToolDecl(name, params) for name, params in tools.items()], first_index=0
+        [DeclaredTool(name, params) for name, params in tools.items()], first_index=0
     )
     schemas = {name: prepare_schema(params).schema for name, params in tools.items()}
     text = call_text(calls)

@@ -22,7 +22,7 @@ chat template is one of :data:`TEMPLATES` (``k2``: K2 / K2-Thinking rules;
 
 Usage::
 
-    python -m vllm_kimi_tools.testbed.tinykimi OUT_DIR [--template k25]
+    python -m kimi_testbed.tinykimi OUT_DIR [--template k25]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from vllm_kimi_tools.tokens import (
     NON_SPECIAL_TOKENS,
@@ -76,7 +77,8 @@ false null number string object array
 _WORDS = _WORDS_TEXT.split()
 
 
-def _corpus(rng: random.Random) -> list[str]:
+def corpus(rng: random.Random) -> list[str]:
+    """The text the synthetic tokenizers learn their merges from."""
     lines = []
     for _ in range(800):
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
@@ -140,6 +142,22 @@ def copy_real_tokenizer(source: Path, out: Path, template: Path) -> None:
     (out / "chat_template.jinja").write_text(template.read_text())
 
 
+def trained_bpe(vocab_size: int, rng: random.Random) -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` learnt from :func:`corpus`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(rng), trainer=trainer)
+    return tok
+
+
 def build_tokenizer(out: Path, template: Path) -> None:
     from tokenizers import (
         AddedToken,
@@ -147,19 +165,10 @@ def build_tokenizer(out: Path, template: Path) -> None:
         decoders,
         models,
         pre_tokenizers,
-        trainers,
     )
 
     rng = random.Random(0)
-    trainer_tok = Tokenizer(models.BPE())
-    trainer_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=6000,
-        min_frequency=1,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    trainer_tok.train_from_iterator(_corpus(rng), trainer=trainer)
+    trainer_tok = trained_bpe(6000, rng)
     model_json = json.loads(trainer_tok.to_str())["model"]
     vocab: dict[str, int] = dict(model_json["vocab"])
     merges = [

@@ -16,11 +16,11 @@ was found, and (c) calls ``finish_streaming`` at the end of a stream.
 
 from __future__ import annotations
 
-import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_kimi_tools import PARSER_NAME, detokenize, metrics
+from vllm_kimi_tools import envs, metrics
 from vllm_kimi_tools._compat import (
     ChatCompletionRequest,
     DeltaFunctionCall,
@@ -34,35 +34,36 @@ from vllm_kimi_tools._compat import (
     count_history_tool_calls,
     init_logger,
 )
-from vllm_kimi_tools.conversation import count_tool_calls
-from vllm_kimi_tools.enforcer.request import (
-    ToolDecl,
-    argument_checkers,
-    build_spec,
-    output_budget,
-)
-from vllm_kimi_tools.enforcer.spec import (
-    OPT_OUT_KEY,
-    SPEC_KEY,
-    EnforcerSpec,
-    opted_out,
-)
-from vllm_kimi_tools.parsing import (
-    DroppedToolCall,
-    KimiToolCallParser,
-    ParseDelta,
-    ToolSpec,
-    parse_tool_calls,
-)
-from vllm_kimi_tools.reasoning_parser import (
+from vllm_kimi_tools.chat import hook
+from vllm_kimi_tools.chat.conversation import count_tool_calls
+from vllm_kimi_tools.enforcer import admission
+from vllm_kimi_tools.enforcer.spec import SPEC_KEY
+from vllm_kimi_tools.names import PARSER_NAME
+from vllm_kimi_tools.parser import detokenize
+from vllm_kimi_tools.parser.reasoning_parser import (
     exact_token_bytes,
     stop_token_ids,
     unspace,
 )
+from vllm_kimi_tools.parser.tool_calls import (
+    DroppedToolCall,
+    KimiToolCallParser,
+    ParseDelta,
+    parse_tool_calls,
+)
+from vllm_kimi_tools.parser.tool_ids import unsafe_tool_name
 from vllm_kimi_tools.tokens import K3_PARSER_NAME, is_k3_vocab, missing_tool_tokens
-from vllm_kimi_tools.tool_ids import unsafe_tool_name
+from vllm_kimi_tools.tools import declared_tools
 
 logger = init_logger(__name__)
+
+# vLLM loads this module when a server asks for kimi_k2_robust: from then
+# on the chat-template hook normalises this process's Kimi chats.
+hook.serve()
+
+# Per request (vLLM builds a parser per request and choice, after
+# adjust_request): the history's tool-call count, counted once.
+_HISTORY_CALLS: dict[int, int] = {}
 
 
 def history_tool_call_count(request: Any) -> int:
@@ -71,90 +72,16 @@ def history_tool_call_count(request: Any) -> int:
     For Chat Completions this is the count the chat-template hook renders
     (orphan tool results get an index of their own), so ids never collide.
     """
-    if isinstance(request, ChatCompletionRequest):
-        return count_tool_calls(request.messages)
-    return count_history_tool_calls(request)
-
-
-# Server-wide switch for the Enforcer (on unless "0"/"false"/"off"/"no").
-ENFORCER_ENV = "VLLM_KIMI_TOOLS_ENFORCER"
-
-
-def enforcer_enabled_by_env() -> bool:
-    return not opted_out(os.environ.get(ENFORCER_ENV, "1"))
-
-
-# Server-wide switch for streaming arguments as they are written (on unless
-# "0"/"false"/"off"/"no"; off: every call is sent whole once complete).
-STREAM_ARGUMENTS_ENV = "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS"
-
-
-def streamed_tools(request: Any) -> frozenset[str]:
-    """Tools whose calls stream as they are written: those the Enforcer
-    constrains exactly in this request (a started call can only become
-    valid). Without the Enforcer, none: a call is sent once it is whole and
-    valid, so a client never receives one that is then dropped."""
-    if opted_out(os.environ.get(STREAM_ARGUMENTS_ENV, "1")):
-        return frozenset()
-    text = (getattr(request, "vllm_xargs", None) or {}).get(SPEC_KEY)
-    if not isinstance(text, str):
-        return frozenset()
-    try:
-        spec = EnforcerSpec.from_json(text)
-    except ValueError:
-        return frozenset()
-    return frozenset(tool.name for tool in spec.tools if tool.exact)
-
-
-def request_tool_decls(request: Any) -> list[ToolDecl]:
-    """Function tools with their schema and ``strict`` flag."""
-    decls: list[ToolDecl] = []
-    for tool in getattr(request, "tools", None) or []:
-        function = getattr(tool, "function", None)
-        if function is not None:  # Chat Completions
-            decls.append(ToolDecl(function.name, function.parameters, function.strict))
-        elif getattr(tool, "type", None) == "function":  # Responses
-            decls.append(
-                ToolDecl(
-                    tool.name,
-                    getattr(tool, "parameters", None),
-                    getattr(tool, "strict", None),
-                )
-            )
-    return decls
-
-
-def request_tool_specs(request: Any) -> list[ToolSpec]:
-    """Function tools declared in a Chat Completions or Responses request."""
-    return [ToolSpec(d.name, d.parameters) for d in request_tool_decls(request)]
-
-
-def named_tool_choice(request: Any) -> str | None:
-    choice = request.tool_choice
-    function = getattr(choice, "function", None)  # Chat Completions
-    if function is not None:
-        return function.name
-    if getattr(choice, "type", None) == "function":  # Responses
-        return getattr(choice, "name", None)
-    return None
-
-
-def wants_enforcer(request: Any) -> bool:
-    """Whether the Enforcer constrains this request (see docs/enforcer.md)."""
-    if not enforcer_enabled_by_env() or not request_tool_decls(request):
-        return False
-    if request.tool_choice == "none":
-        return False
-    xargs = getattr(request, "vllm_xargs", None) or {}
-    return not opted_out(xargs.get(OPT_OUT_KEY))
-
-
-def enforced_checkers(request: Any) -> dict[str, Any] | None:
-    """For an enforced request, per tool the schema check every returned call
-    must pass (docs/enforcer.md, "Validation of the calls"); else None."""
-    if SPEC_KEY not in (getattr(request, "vllm_xargs", None) or {}):
-        return None
-    return argument_checkers(request_tool_decls(request))
+    key = id(request)
+    count = _HISTORY_CALLS.get(key)
+    if count is None:
+        if isinstance(request, ChatCompletionRequest):
+            count = count_tool_calls(request.messages)
+        else:
+            count = count_history_tool_calls(request)
+        _HISTORY_CALLS[key] = count
+        weakref.finalize(request, _HISTORY_CALLS.pop, key, None)
+    return count
 
 
 def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> None:
@@ -165,30 +92,22 @@ def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> N
     the server's, when known). Never anything else: an unexpected failure
     is a 400 too, logged with its traceback.
     """
-    named = named_tool_choice(request)
-    choice = request.tool_choice if isinstance(request.tool_choice, str) else "auto"
     try:
-        spec, notes = build_spec(
-            request_tool_decls(request),
+        spec, notes = admission.spec_for(
+            request,
             first_index=history_tool_call_count(request),
-            choice=choice,
-            named=named,
-            parallel=request.parallel_tool_calls is not False,
-            max_tokens=output_budget(request),
             max_model_len=max_model_len,
         )
-    except ValueError as e:
-        reason = getattr(e, "reason", "request")
-        metrics.inc(metrics.REFUSED_REQUESTS_TOTAL, 1, reason)
+    except admission.AdmissionError as e:
+        metrics.inc(metrics.REFUSED_REQUESTS_TOTAL, 1, e.reason)
+        if e.reason == "error":
+            logger.error(
+                "%s Enforcer: could not prepare the tools",
+                PARSER_NAME,
+                exc_info=e.__cause__,
+            )
+            raise ValueError(f"{PARSER_NAME}: {e}") from None
         raise
-    except Exception as e:  # a bug must not become an HTTP 500 or worse
-        metrics.inc(metrics.REFUSED_REQUESTS_TOTAL, 1, "error")
-        logger.exception("%s Enforcer: could not prepare the tools", PARSER_NAME)
-        raise ValueError(
-            f"{PARSER_NAME}: the tool schemas could not be prepared for "
-            f"constrained decoding ({type(e).__name__}); send "
-            f'"vllm_xargs": {{"{OPT_OUT_KEY}": false}} to decode without it'
-        ) from None
     for note in notes:
         metrics.inc(metrics.DEGRADED_SCHEMAS_TOTAL)
         logger.warning("%s Enforcer: %s", PARSER_NAME, note)
@@ -224,7 +143,8 @@ class KimiK2RobustToolParser(ToolParser):
                 f"{PARSER_NAME} needs the Kimi K2 tool-call tokens in the "
                 f"tokenizer vocabulary; missing: {', '.join(missing)}"
             )
-        _require_render_hook()
+        envs.validate()
+        hook.require()
         self._stream: KimiToolCallParser | None = None
         self._stream_text: detokenize.TokenText | None = None
         if not getattr(tokenizer, "is_fast", True):
@@ -235,8 +155,8 @@ class KimiK2RobustToolParser(ToolParser):
         self, request: ChatCompletionRequest | ResponsesRequest
     ) -> ChatCompletionRequest | ResponsesRequest:
         request = super().adjust_request(request)
-        for decl in request_tool_decls(request):
-            problem = unsafe_tool_name(decl.name)
+        for tool in declared_tools(request):
+            problem = unsafe_tool_name(tool.name)
             if problem is not None:
                 raise ValueError(f"{PARSER_NAME}: {problem}")
         # The tool markers must reach the parser as text, also in a turn
@@ -249,7 +169,7 @@ class KimiK2RobustToolParser(ToolParser):
         if hasattr(request, "spaces_between_special_tokens"):
             request.spaces_between_special_tokens = False
         # vLLM's caller keeps its own reference: change the request in place.
-        if wants_enforcer(request):
+        if admission.enforced(request):
             attach_enforcer_spec(request)
         elif SPEC_KEY in (request.vllm_xargs or {}):
             # Only this parser writes the spec: a client's own is not trusted.
@@ -261,7 +181,7 @@ class KimiK2RobustToolParser(ToolParser):
     def get_structural_tag(self, request: Any, **kwargs: Any) -> Any:
         # With the Enforcer on, vLLM's own (looser) structural tag stays off:
         # two grammars on one request could leave no token to sample.
-        if wants_enforcer(request):
+        if admission.enforced(request):
             return None
         return super().get_structural_tag(request, **kwargs)
 
@@ -278,12 +198,12 @@ class KimiK2RobustToolParser(ToolParser):
             model_output = unspace(self.model_tokenizer, model_output)
         result = parse_tool_calls(
             model_output,
-            request_tool_specs(request),
+            declared_tools(request),
             history_tool_call_count(request),
-            enforced_checkers(request),
+            admission.enforced_checkers(request),
             # The same calls stream early as in a stream, so that a call
             # dropped after its header went out numbers the rest alike.
-            streamed_tools(request),
+            admission.streamed_tools(request),
         )
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
@@ -314,10 +234,10 @@ class KimiK2RobustToolParser(ToolParser):
     ) -> DeltaMessage | None:
         if self._stream is None:
             self._stream = KimiToolCallParser(
-                request_tool_specs(request),
+                declared_tools(request),
                 history_tool_call_count(request),
-                enforced_checkers(request),
-                streamed_tools(request),
+                admission.enforced_checkers(request),
+                admission.streamed_tools(request),
             )
         if self._stream_text is not None and delta_token_ids:
             # The token ids are the exact text, whatever the detokenizer did.
@@ -333,25 +253,6 @@ class KimiK2RobustToolParser(ToolParser):
             delta.extend(self._stream.feed(self._stream_text.finish()))
         delta.extend(self._stream.finish())
         return _to_delta_message(delta)
-
-
-def _require_render_hook() -> None:
-    """Fail at start-up (vLLM builds the parser once to validate it) when the
-    chat-template hook is missing, instead of rendering unnormalised prompts."""
-    from vllm_kimi_tools import _HOOK_PROBLEM, HOOK_RENDERER, register
-    from vllm_kimi_tools._compat import installed_hf_renderer
-    from vllm_kimi_tools.renderer import hook_enabled_by_env
-
-    register()
-    if not hook_enabled_by_env():
-        return
-    if installed_hf_renderer() != HOOK_RENDERER:
-        problem = "; ".join(_HOOK_PROBLEM) or "vLLM's renderer registry changed"
-        raise RuntimeError(
-            f"{PARSER_NAME}: the chat-template hook is not installed ({problem}). "
-            "Use vLLM 0.32.x, or set VLLM_KIMI_TOOLS_NORMALIZE=0 to serve "
-            "without history normalisation."
-        )
 
 
 def _to_delta_message(delta: ParseDelta) -> DeltaMessage | None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PUPPET = "vllm_kimi_tools.testbed.puppet:PuppetLogitsProcessor"
+PUPPET = "kimi_testbed.puppet:PuppetLogitsProcessor"
 
 
 def free_port() -> int:
@@ -61,7 +61,7 @@ class VllmServer:
         env: dict[str, str] | None = None,
         startup_timeout: float = 300.0,
     ) -> None:
-        from vllm_kimi_tools.testbed.tinykimi import needs_remote_code
+        from kimi_testbed.tinykimi import needs_remote_code
 
         self.model = str(model)
         self.port = free_port()

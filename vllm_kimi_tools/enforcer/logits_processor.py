@@ -36,7 +36,6 @@ waited for a bounded time (:mod:`.enforcer.grammars`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vllm_kimi_tools import metrics
+from vllm_kimi_tools import envs, metrics
 from vllm_kimi_tools._compat import (
     BatchUpdate,
     LogitsContext,
@@ -57,26 +56,17 @@ from vllm_kimi_tools._compat import (
     process_dict_updates,
     tokenizer_for,
 )
-from vllm_kimi_tools.enforcer.admission import (
+from vllm_kimi_tools.enforcer.machine import Ban, Only, Phase, RequestEnforcer
+from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan
+from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
+from vllm_kimi_tools.enforcer.schema_checks import (
     MAX_SCHEMA_DEPTH,
     MAX_SCHEMA_NODES,
     check_shape,
 )
-from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only, Phase, RequestEnforcer
-from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
 
 logger = init_logger(__name__)
-
-# A grammar row allowing at most this many tokens is applied as a keep-list
-# (gather/scatter) instead of a bitmask: 5-10x cheaper on CPU.
-SPARSE_ROW_MAX = 4096
-# Seconds between the Enforcer's summary log lines (engine process).
-LOG_INTERVAL_ENV = "VLLM_KIMI_TOOLS_LOG_INTERVAL"
-# "Blocked steps" need the model's unmasked first choice: an argmax over the
-# whole vocabulary row, ~1 ms per 8 rows on CPU. It is measured on one step in
-# this many and scaled (1: every step, 0: never).
-BLOCKED_SAMPLE_ENV = "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE"
 
 
 def spec_of(params: Any) -> EnforcerSpec | None:
@@ -181,10 +171,14 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._requests: dict[int, _Request] = {}
         self._bitmask: np.ndarray | None = None
         self._blocked: torch.Tensor | None = None
-        self._blocked_every = int(os.environ.get(BLOCKED_SAMPLE_ENV, "8"))
+        envs.validate()
+        # "Blocked steps" need the model's unmasked first choice: an argmax
+        # over the whole vocabulary row, ~1 ms per 8 rows on CPU. Measured on
+        # one step in this many and scaled (1: every step, 0: never).
+        self._blocked_every = envs.VLLM_KIMI_TOOLS_BLOCKED_SAMPLE
         self._steps = 0
         self._last_log = time.monotonic()
-        self._log_interval = float(os.environ.get(LOG_INTERVAL_ENV, "10"))
+        self._log_interval = envs.VLLM_KIMI_TOOLS_LOG_INTERVAL
         self._compile_s = 0.0  # compile seconds already counted
         self._warned: set[str] = set()
         # Rows where the length masks gave way to the grammar (a degrade).
@@ -305,55 +299,23 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
         bitmask = self._bitmask
-        ban_rows: list[int] = []
-        ban_ids: list[int] = []
-        only_rows: list[int] = []
-        only_sel: list[int] = []
-        only_ids: list[int] = []
+        plan = MaskPlan()
         active: list[tuple[int, _Request]] = []
-        dense_rows: list[int] = []
         for row, req in rows:
             try:
                 directive = self._directive(req, bitmask[row])
+                if directive is not None:
+                    plan.add(row, directive, bitmask[row])
             except Exception as e:  # contained to this request
                 bitmask[row] = -1
                 self._contain(req, "mask", e)
                 continue
-            if directive is None:
-                continue
-            if isinstance(directive, Ban):
-                ban_rows.extend([row] * len(directive.ids))
-                ban_ids.extend(directive.ids)
-            elif isinstance(directive, Only):
-                only_rows.append(row)
-                only_sel.extend([row] * len(directive.ids))
-                only_ids.extend(directive.ids)
-            elif isinstance(directive, Fill):
-                # Sparse grammar rows are cheaper as a keep-list than as a
-                # bitmask.
-                words = bitmask[row]
-                if _allowed_count(words) <= SPARSE_ROW_MAX:
-                    ids_np = _set_bits(words)
-                    only_rows.append(row)
-                    only_sel.extend([row] * len(ids_np))
-                    only_ids.extend(ids_np.tolist())
-                    words[:] = -1
-                else:
-                    dense_rows.append(row)
-            active.append((row, req))
+            if directive is not None:
+                active.append((row, req))
         if not active:
             return
         try:
-            self._apply_masks(
-                logits,
-                active,
-                ban_rows,
-                ban_ids,
-                only_rows,
-                only_sel,
-                only_ids,
-                dense_rows,
-            )
+            self._apply(logits, active, plan)
         except Exception as e:  # never an engine error, never an empty row
             bitmask[:] = -1
             for row, req in active:
@@ -380,20 +342,13 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 raise ValueError("a directive names an id outside the vocabulary")
         return directive
 
-    def _apply_masks(
+    def _apply(
         self,
         logits: torch.Tensor,
         active: list[tuple[int, _Request]],
-        ban_rows: list[int],
-        ban_ids: list[int],
-        only_rows: list[int],
-        only_sel: list[int],
-        only_ids: list[int],
-        dense_rows: list[int],
+        plan: MaskPlan,
     ) -> None:
-        device = logits.device
-        bitmask = self._bitmask
-        assert bitmask is not None
+        assert self._bitmask is not None
         guarded = [(r, q) for r, q in active if q.guarded]
         saved = {r: logits[r].clone() for r, _ in guarded}
         # "Blocked": the model's first choice did not survive a short list or
@@ -401,35 +356,11 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._steps += 1
         every = self._blocked_every
         sampled = every > 0 and self._steps % every == 0
-        watched = [*only_rows, *dense_rows] if sampled else []
+        watched = plan.narrowed_rows if sampled else []
         if watched:
-            watched_t = torch.tensor(watched, device=device)
+            watched_t = torch.tensor(watched, device=logits.device)
             before = logits.argmax(dim=-1)[watched_t]
-        if ban_rows:
-            logits[
-                torch.tensor(ban_rows, device=device),
-                torch.tensor(ban_ids, device=device),
-            ] = float("-inf")
-        if only_rows:
-            sel = torch.tensor(only_sel, device=device)
-            ids = torch.tensor(only_ids, device=device)
-            kept = logits[sel, ids]
-            logits[torch.tensor(only_rows, device=device)] = float("-inf")
-            logits[sel, ids] = kept
-        if dense_rows:
-            import xgrammar as xgr
-
-            mask = torch.from_numpy(bitmask[: logits.shape[0]]).to(
-                device, non_blocking=True
-            )
-            xgr.apply_token_bitmask_inplace(
-                logits,
-                mask,
-                indices=dense_rows
-                if device.type == "cpu"
-                else torch.tensor(dense_rows, device=device, dtype=torch.int32),
-            )
-            bitmask[dense_rows] = -1
+        apply_plan(logits, plan, self._bitmask)
         for row, req in guarded:
             if torch.isneginf(logits[row]).all():
                 logits[row] = saved[row]
@@ -622,22 +553,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             )
         self._accept(req, [*history, newest])
         req.consumed = written
-
-
-def _allowed_count(words: np.ndarray) -> int:
-    """Tokens an int32 bitmask row allows (NumPy counts the bits of a signed
-    word's absolute value: -1, 32 allowed tokens, would count as 1)."""
-    return int(np.bitwise_count(words.view(np.uint32)).sum())
-
-
-def _set_bits(words: np.ndarray) -> np.ndarray:
-    """Indices of the set bits of an int32 bitmask row (sparse rows)."""
-    nonzero = np.flatnonzero(words)
-    bits = np.unpackbits(
-        words[nonzero].view(np.uint8).reshape(-1, 4), axis=1, bitorder="little"
-    )
-    word, bit = np.nonzero(bits)
-    return nonzero[word] * 32 + bit
 
 
 class _Off:

@@ -39,10 +39,10 @@ import jsonschema
 import referencing
 import regex as re
 
+from kimi_testbed.k2vv import CANONICAL_ID, MARKUP, accumulate_stream
+from kimi_testbed.scenarios import WEATHER, call, section, tool
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools.enforcer.schemas import JSON_TYPES, TYPE_ALIASES
-from vllm_kimi_tools.testbed.k2vv import CANONICAL_ID, MARKUP, accumulate_stream
-from vllm_kimi_tools.testbed.scenarios import WEATHER, call, section, tool
 
 USER = [{"role": "user", "content": "Use the tool, please."}]
 TIME_LIMIT_S = 30.0

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
+"""Every ``VLLM_KIMI_TOOLS_*`` setting, read in one place (as vLLM's envs).
+
+Read a setting as an attribute, ``envs.VLLM_KIMI_TOOLS_ENFORCER``: it is
+parsed from the environment on every read, so a test (or ``render``) may
+change it at run time. A value that does not parse is a ``ValueError`` that
+names the variable; :func:`validate` raises it at start-up (the tool parser
+and the Enforcer call it when vLLM builds them), never mid-request.
+
+=============================================  =======  ======================
+variable                                       default  meaning
+=============================================  =======  ======================
+``VLLM_KIMI_TOOLS_ENFORCER``                   on       constrained decoding
+``VLLM_KIMI_TOOLS_STREAM_ARGUMENTS``           on       stream call arguments
+                                                        as they are written
+``VLLM_KIMI_TOOLS_NORMALIZE``                  on       the chat-template hook
+``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``           512      compiled grammars kept
+``VLLM_KIMI_TOOLS_COMPILE_WAIT_S``             5        longest wait for one
+                                                        grammar, per request
+``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``             8        blocked-token tally on
+                                                        one step in N (0: off)
+``VLLM_KIMI_TOOLS_LOG_INTERVAL``               10       seconds between the
+                                                        Enforcer's log lines
+=============================================  =======  ======================
+
+Switches take ``1/true/on/yes`` or ``0/false/off/no`` (any case).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    VLLM_KIMI_TOOLS_ENFORCER: bool = True
+    VLLM_KIMI_TOOLS_STREAM_ARGUMENTS: bool = True
+    VLLM_KIMI_TOOLS_NORMALIZE: bool = True
+    VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB: int = 512
+    VLLM_KIMI_TOOLS_COMPILE_WAIT_S: float = 5.0
+    VLLM_KIMI_TOOLS_BLOCKED_SAMPLE: int = 8
+    VLLM_KIMI_TOOLS_LOG_INTERVAL: float = 10.0
+
+_ON = ("1", "true", "on", "yes")
+_OFF = ("0", "false", "off", "no")
+
+
+def parse_switch(value: Any) -> bool | None:
+    """A switch's value: True, False, or None when it is not one.
+
+    Also reads a request's ``kimi_tools_enforce`` xarg, which may be a JSON
+    boolean or number as well as a string.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _ON:
+            return True
+        if word in _OFF:
+            return False
+    return None
+
+
+def _switch(name: str, default: bool) -> Callable[[], bool]:
+    def read() -> bool:
+        raw = os.environ.get(name)
+        if raw is None or not raw.strip():
+            return default
+        value = parse_switch(raw)
+        if value is None:
+            raise ValueError(f"{name}={raw!r}: expected one of {'/'.join(_ON + _OFF)}")
+        return value
+
+    return read
+
+
+def _number(name: str, kind: type, default: Any, minimum: float) -> Callable[[], Any]:
+    def read() -> Any:
+        raw = os.environ.get(name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            value = None
+        if value is None or value < minimum or value != value:  # NaN
+            raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} >= {minimum}")
+        return value
+
+    return read
+
+
+environment_variables: dict[str, Callable[[], Any]] = {
+    "VLLM_KIMI_TOOLS_ENFORCER": _switch("VLLM_KIMI_TOOLS_ENFORCER", True),
+    "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS": _switch(
+        "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS", True
+    ),
+    "VLLM_KIMI_TOOLS_NORMALIZE": _switch("VLLM_KIMI_TOOLS_NORMALIZE", True),
+    "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB": _number(
+        "VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB", int, 512, 0
+    ),
+    "VLLM_KIMI_TOOLS_COMPILE_WAIT_S": _number(
+        "VLLM_KIMI_TOOLS_COMPILE_WAIT_S", float, 5.0, 0
+    ),
+    "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE": _number(
+        "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", int, 8, 0
+    ),
+    "VLLM_KIMI_TOOLS_LOG_INTERVAL": _number(
+        "VLLM_KIMI_TOOLS_LOG_INTERVAL", float, 10.0, 0
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in environment_variables:
+        return environment_variables[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(environment_variables)
+
+
+def validate() -> None:
+    """Raise ``ValueError`` for the first setting that does not parse."""
+    for read in environment_variables.values():
+        read()
