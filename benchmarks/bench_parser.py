@@ -8,6 +8,9 @@ fed token by token through ``Parser.parse_delta``, as ``vllm serve`` streams.
 
 1. Correctness: the same Kimi outputs (every robustness case) through both,
    streaming and non-streaming, scored against the expected calls/content.
+   Each request goes through the parser's ``adjust_request`` as in vLLM's
+   serving layer; the Enforcer is off (``VLLM_KIMI_TOOLS_ENFORCER=0``): the
+   parser alone is measured on outputs the Enforcer would not let through.
 2. Speed: long outputs (1k..16k tokens) streamed token by token; prints the
    time of each parser, the ratio, and µs per token (flat = linear).
 
@@ -31,7 +34,7 @@ from typing import Any
 from results_io import save_results
 
 from kimi_testbed.paths import cache_dir
-from kimi_testbed.tinykimi import ensure_tinykimi
+from kimi_testbed.tinykimi import describe, ensure_tinykimi, needs_remote_code
 from kimi_testbed.wire import ARG, CALL, END, SEC, SEC_END, call, openai_tool, section
 from vllm_kimi_tools import register
 
@@ -158,7 +161,11 @@ def _load(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     from vllm.tokenizers import get_tokenizer
 
     register()
-    tokenizer = get_tokenizer(str(model_dir))
+    # Moonshot's real tokenizer is remote code, loaded as vllm serve
+    # --trust-remote-code loads it.
+    tokenizer = get_tokenizer(
+        str(model_dir), trust_remote_code=needs_remote_code(model_dir)
+    )
     classes = {
         name: ParserManager.get_parser(
             tool_parser_name=name, enable_auto_tools=True, tokenizer=tokenizer
@@ -184,6 +191,7 @@ def _token_deltas(tokenizer: Any, text: str) -> list[tuple[str, list[int]]]:
 def _run_stream(cls: Any, tokenizer: Any, deltas: list) -> dict[str, Any]:
     request = _request()
     parser = cls(tokenizer, request.tools)
+    request = parser.adjust_request(request)  # as vLLM's serving layer does
     content, calls = "", {}
     for n, (text, ids) in enumerate(deltas):
         delta = parser.parse_delta(
@@ -209,6 +217,7 @@ def _run_stream(cls: Any, tokenizer: Any, deltas: list) -> dict[str, Any]:
 def _run_whole(cls: Any, tokenizer: Any, text: str) -> dict[str, Any]:
     request = _request()
     parser = cls(tokenizer, request.tools)
+    request = parser.adjust_request(request)  # as vLLM's serving layer does
     _, content, calls = parser.parse(text, request, enable_auto_tools=True)
     return {
         "content": content or None,
@@ -299,9 +308,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         (
             f"Measured {report['date']} on {report['machine']}, vLLM "
-            f"{report['vllm']}; both parsers composed by vLLM's `ParserManager` and "
-            "fed token by token through `Parser.parse_delta` (streaming) or "
-            "`Parser.parse` (non-streaming). Reproduce: `bash scripts/dev.sh bench`."
+            f"{report['vllm']}, tokenizer: {report['tokenizer']}; both parsers "
+            "composed by vLLM's `ParserManager`, each request through its "
+            "`adjust_request` (Enforcer off: the parser alone), and fed token by "
+            "token through `Parser.parse_delta` (streaming) or `Parser.parse` "
+            "(non-streaming). Reproduce: `bash scripts/dev.sh bench`."
         ),
         "",
         (
@@ -350,6 +361,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    os.environ["VLLM_KIMI_TOOLS_ENFORCER"] = "0"
     model_dir = ensure_tinykimi(cache_dir() / "tinykimi")
     tokenizer, classes = _load(model_dir)
     import vllm
@@ -366,6 +378,7 @@ def main() -> int:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "tokenizer": describe(model_dir),
         "vllm": vllm.__version__,
         "repeats": args.repeats,
         "correctness": table,

@@ -58,10 +58,7 @@ INTENTIONS = {
         call("get_weather", '{"city": "Llanfairpwllgwyngyll", "days": 2}', 0)
     ),
     "out of range": section(call("get_weather", '{"city": "Oslo", "days": 40}', 0)),
-    "non-canonical id": section(
-        f"{tokens.TOOL_CALL_BEGIN}search:2{tokens.TOOL_CALL_ARGUMENT_BEGIN}"
-        f'{{"q": "news"}}{tokens.TOOL_CALL_END}'
-    ),
+    "non-canonical id": section(call("search:2", '{"q": "news"}')),
     "string-encoded arguments": section(call("search", '"{\\"q\\": \\"news\\"}"', 0)),
 }
 CORRECT = "Checking." + section(

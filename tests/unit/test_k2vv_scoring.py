@@ -9,6 +9,7 @@ import json
 import jsonschema
 import pytest
 
+from kimi_testbed import wire
 from kimi_testbed.corpora import bfcl_cases, json_schema_from_bfcl
 from kimi_testbed.k2vv import accumulate_stream
 from kimi_testbed.k2vv_sim import judge, summarize
@@ -18,7 +19,6 @@ from kimi_testbed.scenarios import (
     failure_scenarios,
     suite,
 )
-from vllm_kimi_tools import tokens
 
 pytest.importorskip("bfcl_eval")
 
@@ -110,10 +110,7 @@ def test_correct_scenarios_write_canonical_calls() -> None:
     for s in scenarios:
         for i, (name, args) in enumerate(s.expected_calls):
             written = json.dumps(args, ensure_ascii=False)
-            assert (
-                f"{tokens.TOOL_CALL_BEGIN}functions.{name}:{i}"
-                f"{tokens.TOOL_CALL_ARGUMENT_BEGIN}{written}"
-            ) in s.output
+            assert wire.call(name, written, i) in s.output
 
 
 def test_stream_accumulates_like_k2vv() -> None:

@@ -16,7 +16,7 @@ tokens, it
    "openai" content format, and old Kimi templates print that list);
 3. makes sure the prompt ends with a generation prompt when one was asked
    for: ``<|im_assistant|>assistant<|im_middle|>`` is appended only when the
-   prompt ends with none of :data:`.tokens.GENERATION_PROMPTS` (K2.5+
+   prompt ends with none of :data:`~vllm_kimi_tools.tokens.GENERATION_PROMPTS` (K2.5+
    templates end theirs with ``<think>`` or ``<think></think>``).
 
 Everything else (other parsers, other models) renders exactly as stock vLLM.
@@ -74,7 +74,8 @@ def ends_with_generation_prompt(
     prompt: str | Sequence[int],
     generation_ids: Mapping[str, Sequence[int]] | None = None,
 ) -> bool:
-    """Whether a prompt ends with one of :data:`.tokens.GENERATION_PROMPTS`.
+    """Whether a prompt ends with one of the generation prompts
+    (:data:`~vllm_kimi_tools.tokens.GENERATION_PROMPTS`).
 
     ``prompt``: text, or token ids (then ``generation_ids`` maps each form to
     its ids).
@@ -96,8 +97,8 @@ def ensure_generation_prompt(
     A prompt already ending with any form of it (K2's
     ``<|im_assistant|>assistant<|im_middle|>``, K2.5's ``…<think>`` or
     ``…<think></think>``) is returned unchanged; otherwise K2's form is
-    appended. ``generation_ids``: each of :data:`.tokens.GENERATION_PROMPTS`
-    mapped to its token ids.
+    appended. ``generation_ids``: each generation prompt
+    (:data:`~vllm_kimi_tools.tokens.GENERATION_PROMPTS`) mapped to its ids.
     """
     kwargs = params.get_apply_chat_template_kwargs()
     if not kwargs.get("add_generation_prompt") or kwargs.get("continue_final_message"):

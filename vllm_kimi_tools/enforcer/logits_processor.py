@@ -3,10 +3,12 @@
 """The Enforcer as a vLLM logits processor (V1 runner and Model Runner V2).
 
 Installed through the ``vllm.logits_processors`` entry point, so vLLM loads it
-for every model; it does nothing for a request unless the ``kimi_k2_robust``
-parser attached an :class:`~.enforcer.spec.EnforcerSpec` to it
+for every model; it masks only requests to which the ``kimi_k2_robust``
+parser attached an :class:`~.spec.EnforcerSpec`
 (``SamplingParams.extra_args["kimi_tools_enforcer"]``), which it only does for
-Kimi tokenizers. One class serves both runner interfaces, because each runner
+Kimi tokenizers. For a Kimi tokenizer it builds its vocabulary tables in a
+background thread at start-up (:class:`_StoreLoader`); for any other it
+builds nothing. One class serves both runner interfaces, because each runner
 checks ``issubclass`` against its own base class and refuses the other's:
 
 * V1 (``update_state(BatchUpdate)`` + ``apply(logits)``): reads the live
@@ -16,21 +18,22 @@ checks ``issubclass`` against its own base class and refuses the other's:
   reads the newest token from ``ctx.input_ids``, the prompt's tail once and,
   after a preemption, the history from ``req_states.all_token_ids``.
 
-The prompt's tail says where the output starts (:mod:`.enforcer.prompt`):
+The prompt's tail says where the output starts (:mod:`.prompt`):
 K2.5+ generation prompts open (or open and close) the thinking themselves.
 
-Per step and per enforced row it applies one of three masks on the logits'
-own device: ban a few ids (free text), keep a few ids (markers, call
-header), or an xgrammar bitmask (arguments; xgrammar's CUDA/Triton kernel on
-GPU, its C++ kernel on CPU).
+Per step it gathers every enforced row's directive into one
+:class:`~.masks.MaskPlan` and applies it on the logits' own device: ban a few
+ids (free text), keep a few ids (markers, call header), or an xgrammar
+bitmask (arguments; xgrammar's CUDA/Triton kernel on GPU, its C++ kernel on
+CPU).
 
 **Containment.** Nothing a request does may take the engine down: every
 per-request stage (reading its tokens, advancing its machine, its mask) runs
 under its own guard, and an exception stands that request down (counted as
 ``stood_down{reason="error"}``, logged once with its traceback) while the
 rest of the batch goes on. The per-step work is bounded too: schema walks
-have a node budget (:mod:`.enforcer.paths`), a grammar still compiling is
-waited for a bounded time (:mod:`.enforcer.grammars`).
+have a node budget (:mod:`.paths`), a grammar still compiling is
+waited for a bounded time (:mod:`.grammars`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""``kimi_k2_robust``: vLLM tool-parser adapter over :mod:`.parsing`.
+"""``kimi_k2_robust``: vLLM tool-parser adapter over :mod:`.tool_calls`.
 
 Use with::
 
