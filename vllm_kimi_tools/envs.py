@@ -18,8 +18,8 @@ variable                                       default  meaning
 ``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``           512      compiled grammars kept
 ``VLLM_KIMI_TOOLS_COMPILE_WAIT_S``             5        longest wait for one
                                                         grammar, per request
-``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``             8        blocked-token tally on
-                                                        one step in N (0: off)
+``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``             32       blocked-token tally on
+                                                        one row in N (0: off)
 ``VLLM_KIMI_TOOLS_LOG_INTERVAL``               10       seconds between the
                                                         Enforcer's log lines
 =============================================  =======  ======================
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     VLLM_KIMI_TOOLS_NORMALIZE: bool = True
     VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB: int = 512
     VLLM_KIMI_TOOLS_COMPILE_WAIT_S: float = 5.0
-    VLLM_KIMI_TOOLS_BLOCKED_SAMPLE: int = 8
+    VLLM_KIMI_TOOLS_BLOCKED_SAMPLE: int = 32
     VLLM_KIMI_TOOLS_LOG_INTERVAL: float = 10.0
 
 _ON = ("1", "true", "on", "yes")
@@ -107,7 +107,7 @@ environment_variables: dict[str, Callable[[], Any]] = {
         "VLLM_KIMI_TOOLS_COMPILE_WAIT_S", float, 5.0, 0
     ),
     "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE": _number(
-        "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", int, 8, 0
+        "VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", int, 32, 0
     ),
     "VLLM_KIMI_TOOLS_LOG_INTERVAL": _number(
         "VLLM_KIMI_TOOLS_LOG_INTERVAL", float, 10.0, 0

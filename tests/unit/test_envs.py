@@ -16,7 +16,7 @@ def test_defaults(monkeypatch) -> None:
     assert envs.VLLM_KIMI_TOOLS_NORMALIZE is True
     assert envs.VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB == 512
     assert envs.VLLM_KIMI_TOOLS_COMPILE_WAIT_S == 5.0
-    assert envs.VLLM_KIMI_TOOLS_BLOCKED_SAMPLE == 8
+    assert envs.VLLM_KIMI_TOOLS_BLOCKED_SAMPLE == 32
     assert envs.VLLM_KIMI_TOOLS_LOG_INTERVAL == 10.0
     envs.validate()
 

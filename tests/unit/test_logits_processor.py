@@ -585,3 +585,100 @@ def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
     sparse = np.zeros(V // 32, dtype=np.int32)
     sparse[:3] = -1
     assert allowed_count(sparse) == 96 <= SPARSE_ROW_MAX
+
+
+ARGS_OPEN = (
+    "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+    "<|tool_call_argument_begin|>"
+)
+
+
+def test_argument_rows_are_filled_as_one_batch(grammar_store, kimi_tokenizer) -> None:
+    """Three rows in their arguments: one xgrammar batch fill, each row the
+    grammar's own mask, as the one-row path gives it."""
+    lp = processor(grammar_store)
+    calls: list[int] = []
+    lp.update_state(
+        update(
+            added=[
+                (i, params(), [1], kimi_tokenizer.encode(ARGS_OPEN + text))
+                for i, text in enumerate(['{"city": "Os', '{"ci', "{"])
+            ],
+            size=3,
+        )
+    )
+    lp.apply(torch.zeros(3, V))  # the batcher now exists
+    real = lp._batcher.batch_fill_next_token_bitmask
+    lp._batcher = SimpleNamespace(
+        batch_fill_next_token_bitmask=lambda m, b, indices: (
+            calls.append(len(m)),
+            real(m, b, indices=indices),
+        )
+    )
+    logits = torch.zeros(3, V)
+    lp.apply(logits)
+    assert calls == [3]
+    for row in range(3):
+        enforcer = lp._requests[row].enforcer
+        alone = np.full((V + 31) // 32, -1, np.int32)
+        assert enforcer.directive(alone) is not None
+        want = set(
+            np.flatnonzero(np.unpackbits(alone.view(np.uint8), bitorder="little"))
+        )
+        assert finite(logits[row]) == {t for t in want if t < V}
+
+
+def test_a_failing_batch_fill_fills_the_rows_one_by_one(
+    grammar_store, kimi_tokenizer, monkeypatch
+) -> None:
+    """The batch fill raises: each row is filled alone, and the one whose
+    matcher is broken stands down while the other stays enforced."""
+    lp = processor(grammar_store)
+    lp.update_state(
+        update(
+            added=[
+                (i, params(), [1], kimi_tokenizer.encode(ARGS_OPEN + "{"))
+                for i in range(2)
+            ],
+            size=2,
+        )
+    )
+    lp.apply(torch.zeros(2, V))
+    lp._batcher = SimpleNamespace(batch_fill_next_token_bitmask=_explode)
+    broken = lp._requests[0].enforcer
+    monkeypatch.setattr(broken, "fill_matcher", _explode)
+    logits = torch.zeros(2, V)
+    lp.apply(logits)
+    assert lp._requests[0].stood_down and not lp._requests[1].stood_down
+    assert len(finite(logits[0])) == V
+    texts = {kimi_tokenizer.decode([t]) for t in finite(logits[1])}
+    assert texts and all(t.strip().startswith('"') or not t.strip() for t in texts)
+
+
+def test_blocked_tally_is_spread_over_the_steps(grammar_store, m, monkeypatch):
+    """8 rows, every one blocked on every step, sampled one row in 4: each
+    step looks at 2 rows (no step scans them all), and 8 steps count 64."""
+    monkeypatch.setenv("VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", "4")
+    lp = processor(grammar_store)
+    outs = [[m.section_begin] for _ in range(8)]
+    lp.update_state(
+        update(added=[(i, params(), [1], outs[i]) for i in range(8)], size=8)
+    )
+    looked: list[int] = []
+    real_argmax = torch.Tensor.argmax
+    monkeypatch.setattr(
+        torch.Tensor,
+        "argmax",
+        lambda self, *a, **kw: (
+            looked.append(self.shape[0]),
+            real_argmax(self, *a, **kw),
+        )[1],
+    )
+    before = metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0)
+    for _ in range(8):
+        logits = torch.zeros(8, V)
+        logits[:, 163_585] = 5.0  # [EOS]: not allowed in an open section
+        lp.apply(logits)
+    lp.flush_metrics()
+    assert looked == [2] * 8
+    assert metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0) - before == 64

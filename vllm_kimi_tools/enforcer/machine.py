@@ -201,12 +201,28 @@ class RequestEnforcer:
             return Only(tuple(allowed))
         if phase is Phase.ARGS:
             assert bitmask_row is not None, "ARGS needs a bitmask row"
-            if not self._args_mask(bitmask_row):
-                bitmask_row[:] = -1
-                self.stop("empty: the argument grammar allows no token")
-                return None
-            return FILLED
+            bitmask_row[:] = -1
+            self.fill_matcher().fill_next_token_bitmask(_as_torch(bitmask_row))
+            return self.directive_filled(bitmask_row)
         return None
+
+    def fill_matcher(self) -> xgr.GrammarMatcher:
+        """In ARGS: the matcher whose bitmask the next directive starts from.
+
+        A caller batching many requests fills their rows at once (xgrammar's
+        ``BatchGrammarMatcher``), then calls :meth:`directive_filled`.
+        """
+        assert self.phase is Phase.ARGS
+        return self._ensure_matcher()
+
+    def directive_filled(self, bitmask_row: np.ndarray) -> Directive:
+        """In ARGS, ``bitmask_row`` holding :meth:`fill_matcher`'s bitmask:
+        narrow it with the masks beyond the grammar; the directive."""
+        if not self._args_mask(bitmask_row):
+            bitmask_row[:] = -1
+            self.stop("empty: the argument grammar allows no token")
+            return None
+        return FILLED
 
     @property
     def current_tool(self) -> str | None:
@@ -218,10 +234,7 @@ class RequestEnforcer:
         return [make_tool_call_id(name, idx).encode() for name in self._by_name]
 
     def _args_mask(self, row: np.ndarray) -> bool:
-        """Fill ``row``; False when not even the grammar allows a token."""
-        matcher = self._ensure_matcher()
-        row[:] = -1
-        matcher.fill_next_token_bitmask(_as_torch(row))
+        """Narrow the grammar's ``row``; False when no token is left."""
         row &= self._table.special_clear_words
         self._narrowed = None
         cursor = self._cursor

@@ -49,30 +49,26 @@ def set_bits(words: np.ndarray) -> np.ndarray:
 class MaskPlan:
     """What one step does to the logits, for all enforced rows."""
 
-    ban_rows: list[int] = field(default_factory=list)
-    ban_ids: list[int] = field(default_factory=list)
+    # Ban lists by their ids: the machines reuse a few tuples, so the rows
+    # in free text are banned with one scatter per tuple.
+    bans: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     keep_rows: list[int] = field(default_factory=list)
-    keep_sel: list[int] = field(default_factory=list)  # row of each kept id
-    keep_ids: list[int] = field(default_factory=list)
+    keep_ids: list[np.ndarray] = field(default_factory=list)  # per keep row
     dense_rows: list[int] = field(default_factory=list)  # rows of the bitmask
 
     def add(self, row: int, directive: Ban | Only | Fill, words: np.ndarray) -> None:
         """Add ``row``'s directive; ``words``: its bitmask row (for Fill)."""
         if isinstance(directive, Ban):
-            self.ban_rows.extend([row] * len(directive.ids))
-            self.ban_ids.extend(directive.ids)
+            self.bans.setdefault(directive.ids, []).append(row)
         elif isinstance(directive, Only):
-            self._keep(row, directive.ids)
+            self.keep_rows.append(row)
+            self.keep_ids.append(np.array(directive.ids, dtype=np.int64))
         elif allowed_count(words) <= SPARSE_ROW_MAX:
-            self._keep(row, set_bits(words).tolist())
+            self.keep_rows.append(row)
+            self.keep_ids.append(set_bits(words))
             words[:] = -1
         else:
             self.dense_rows.append(row)
-
-    def _keep(self, row: int, ids: list[int] | tuple[int, ...]) -> None:
-        self.keep_rows.append(row)
-        self.keep_sel.extend([row] * len(ids))
-        self.keep_ids.extend(ids)
 
     @property
     def narrowed_rows(self) -> list[int]:
@@ -86,16 +82,17 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
     ``bitmask``: int32 words, one row per logits row (others all ones).
     """
     device = logits.device
-    if plan.ban_rows:
+    for ids, rows in plan.bans.items():
         logits[
-            torch.tensor(plan.ban_rows, device=device),
-            torch.tensor(plan.ban_ids, device=device),
+            torch.tensor(rows, device=device).unsqueeze(1),
+            torch.tensor(ids, device=device),
         ] = float("-inf")
     if plan.keep_rows:
-        sel = torch.tensor(plan.keep_sel, device=device)
-        ids = torch.tensor(plan.keep_ids, device=device)
+        counts = [len(ids) for ids in plan.keep_ids]
+        sel = _to(np.repeat(np.array(plan.keep_rows, dtype=np.int64), counts), device)
+        ids = _to(np.concatenate(plan.keep_ids), device)
         kept = logits[sel, ids]
-        logits[torch.tensor(plan.keep_rows, device=device)] = float("-inf")
+        logits[_to(np.array(plan.keep_rows, dtype=np.int64), device)] = float("-inf")
         logits[sel, ids] = kept
     if plan.dense_rows:
         import xgrammar as xgr
@@ -111,3 +108,9 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
             else torch.tensor(plan.dense_rows, device=device, dtype=torch.int32),
         )
         bitmask[plan.dense_rows] = -1
+
+
+def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An index array as a tensor on ``device`` (no copy on CPU)."""
+    tensor = torch.from_numpy(array)
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
