@@ -7,7 +7,7 @@ Configurations (the test-bed model, the puppet writing the same valid
 outputs in ``intend`` mode, so every configuration decodes the same tokens):
 
 * ``enforcer``: ``--tool-call-parser kimi_k2_robust`` (the Enforcer is on);
-* ``unconstrained``: the same with ``VLLM_KIMI_TOOLS_ENFORCER=0``;
+* ``unconstrained``: the same with ``KIMI_TOOLS_ENFORCER=0``;
 * ``stock_strict``: ``--tool-call-parser kimi_k2 --tool-strict-level
   parameter`` (xgrammar's builtin ``kimi`` tag through vLLM's structured
   outputs).
@@ -82,7 +82,7 @@ CONFIGS = {
     "enforcer": (["--tool-call-parser", "kimi_k2_robust"], {}),
     "unconstrained": (
         ["--tool-call-parser", "kimi_k2_robust"],
-        {"VLLM_KIMI_TOOLS_ENFORCER": "0"},
+        {"KIMI_TOOLS_ENFORCER": "0"},
     ),
     "stock_strict": (
         ["--tool-call-parser", "kimi_k2", "--tool-strict-level", "parameter"],
@@ -156,6 +156,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--name", default="enforcer_engine", help="result file name")
     args = ap.parse_args()
     cache = cache_dir()
     model = ensure_tinykimi(cache / "tinykimi")
@@ -176,7 +177,7 @@ def main() -> int:
         "ratio_enforcer_over_stock_strict": rows["enforcer"]["tokens_per_s_median"]
         / strict,
     }
-    save_results(args.out, "enforcer_engine", result, render(result))
+    save_results(args.out, args.name, result, render(result))
     return 0
 
 

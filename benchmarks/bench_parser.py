@@ -9,7 +9,7 @@ fed token by token through ``Parser.parse_delta``, as ``vllm serve`` streams.
 1. Correctness: the same Kimi outputs (every robustness case) through both,
    streaming and non-streaming, scored against the expected calls/content.
    Each request goes through the parser's ``adjust_request`` as in vLLM's
-   serving layer; the Enforcer is off (``VLLM_KIMI_TOOLS_ENFORCER=0``): the
+   serving layer; the Enforcer is off (``KIMI_TOOLS_ENFORCER=0``): the
    parser alone is measured on outputs the Enforcer would not let through.
 2. Speed: long outputs (1k..16k tokens) streamed token by token; prints the
    time of each parser, the ratio, and µs per token (flat = linear).
@@ -361,7 +361,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.environ["VLLM_KIMI_TOOLS_ENFORCER"] = "0"
+    os.environ["KIMI_TOOLS_ENFORCER"] = "0"
     model_dir = ensure_tinykimi(cache_dir() / "tinykimi")
     tokenizer, classes = _load(model_dir)
     import vllm

@@ -296,7 +296,7 @@ def render(result: dict[str, Any]) -> str:
             (
                 f"At the end the engine holds {f['grammars_held']} compiled "
                 f"grammars ({f.get('grammar_cache_mib', 0):g} MiB; bounded by "
-                "`VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB`) and "
+                "`KIMI_TOOLS_GRAMMAR_CACHE_MB`) and "
                 f"{f['live_states']} live per-request states."
             ),
         ]

@@ -12,7 +12,7 @@ tokens and seconds to the first argument byte received, to the last, the
 number of argument deltas, and whether the joined arguments are what the
 model wrote. Each configuration runs ``--repeat`` times; medians.
 ``robust_whole`` is ``kimi_k2_robust`` with
-``VLLM_KIMI_TOOLS_STREAM_ARGUMENTS=0`` (each call sent whole once complete,
+``KIMI_TOOLS_STREAM_ARGUMENTS=0`` (each call sent whole once complete,
 the behaviour before arguments streamed).
 
 Usage::
@@ -58,8 +58,8 @@ WRITE = {
 VARIANTS = {
     "robust_whole": (
         "robust",
-        "kimi_k2_robust, VLLM_KIMI_TOOLS_STREAM_ARGUMENTS=0",
-        {"VLLM_KIMI_TOOLS_STREAM_ARGUMENTS": "0"},
+        "kimi_k2_robust, KIMI_TOOLS_STREAM_ARGUMENTS=0",
+        {"KIMI_TOOLS_STREAM_ARGUMENTS": "0"},
     ),
 }
 

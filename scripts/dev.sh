@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export VLLM_KIMI_TOOLS_CACHE="${VLLM_KIMI_TOOLS_CACHE:-$PWD/.cache}"
+export KIMI_TOOLS_CACHE="${KIMI_TOOLS_CACHE:-$PWD/.cache}"
 PY=.venv/bin/python
 cmd="${1:-test}"
 shift || true

@@ -2,7 +2,6 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,9 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    path = Path(os.environ.get("VLLM_KIMI_TOOLS_CACHE", REPO / ".cache"))
+    from kimi_testbed.paths import CACHE_ENV, setting
+
+    path = Path(setting(CACHE_ENV) or REPO / ".cache")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -16,7 +16,7 @@
   server).
 * ``vllm_kimi_tools:enforcer_requests_total``, ``..._blocked_tokens_total``
   (steps where the Enforcer changed the model's first choice; estimated
-  from one row in ``VLLM_KIMI_TOOLS_BLOCKED_SAMPLE``),
+  from one row in ``KIMI_TOOLS_BLOCKED_SAMPLE``),
   ``..._compile_seconds_total``, ``..._stood_down_total{reason}`` (``error``
   for an exception contained to its request, ``compile``, ``empty``,
   ``rejected``, ``conflict``, ``blind``, ``speculative``, ``unavailable``,

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
-"""Where the test bed keeps what it builds: ``$VLLM_KIMI_TOOLS_CACHE``, else
+"""Where the test bed keeps what it builds: ``$KIMI_TOOLS_CACHE`` (formerly
+``$VLLM_KIMI_TOOLS_CACHE``), else
 ``$XDG_CACHE_HOME/vllm-kimi-tools`` (``~/.cache/vllm-kimi-tools``)::
 
     <cache>/tinykimi/          the tiny Kimi-format model (K2 template)
@@ -13,11 +14,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CACHE_ENV = "VLLM_KIMI_TOOLS_CACHE"
+CACHE_ENV = "KIMI_TOOLS_CACHE"
+
+
+def setting(name: str) -> str | None:
+    """A test-bed variable, or its former ``VLLM_``-prefixed name."""
+    return os.environ.get(name) or os.environ.get(f"VLLM_{name}") or None
 
 
 def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
+    env = setting(CACHE_ENV)
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -64,7 +64,7 @@ from vllm_kimi_tools import tokens
 MAX_MODEL_LEN = 16_384
 SERVER_ENV = {
     "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",  # the tiny model declares 4,096
-    "VLLM_KIMI_TOOLS_LOG_INTERVAL": "1",  # the Enforcer's summary every second
+    "KIMI_TOOLS_LOG_INTERVAL": "1",  # the Enforcer's summary every second
 }
 HEALTH_LIMIT_S = 5.0  # /health slower than this while a case runs: frozen
 NEXT_TIMEOUT_S = 30.0

@@ -4,7 +4,7 @@
 
 The tokenizer is **Moonshot's real one** whenever its files are at hand
 (``tiktoken.model`` plus the ``tokenization_kimi.py`` remote code, found
-through ``$VLLM_KIMI_TOOLS_KIMI_TOKENIZER`` or ``../shared`` beside the
+through ``$KIMI_TOOLS_KIMI_TOKENIZER`` or ``../shared`` beside the
 checkout): they are copied into the model directory and loaded with
 ``trust_remote_code`` exactly as ``vllm serve --trust-remote-code`` loads a
 Kimi checkpoint (a Python "slow" tokenizer). Without them, a synthetic
@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kimi_testbed.paths import setting
 from vllm_kimi_tools.tokens import (
     NON_SPECIAL_TOKENS,
     NUM_BASE_TOKENS,
@@ -59,7 +60,7 @@ REAL_TOKENIZER_FILES = (
     "tokenizer_config.json",
     "LICENSE",
 )
-REAL_TOKENIZER_ENV = "VLLM_KIMI_TOOLS_KIMI_TOKENIZER"
+REAL_TOKENIZER_ENV = "KIMI_TOOLS_KIMI_TOKENIZER"
 REAL, SYNTHETIC = "real", "synthetic"
 _KIND_FILE = ".tinykimi-tokenizer"
 _HIDDEN, _HEADS, _LAYERS = 128, 4, 2
@@ -102,7 +103,7 @@ def _filler(i: int, rng: random.Random) -> str:
 
 def real_tokenizer_dir() -> Path | None:
     """Moonshot's tokenizer files, if they are at hand (else None)."""
-    env = os.environ.get(REAL_TOKENIZER_ENV)
+    env = setting(REAL_TOKENIZER_ENV)
     candidates = [Path(env)] if env else []
     repo = _HERE.parent.parent
     candidates.append(repo.parent / "shared" / "anchors" / "kimi" / "tokenizer-k25")

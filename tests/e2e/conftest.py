@@ -40,7 +40,7 @@ def _serve(
 @pytest.fixture(scope="session")
 def robust_server(tinykimi: Path, cache_dir: Path) -> Iterator[VllmServer]:
     # The Enforcer's summary line every second instead of every ten.
-    env = {"VLLM_KIMI_TOOLS_LOG_INTERVAL": "1"}
+    env = {"KIMI_TOOLS_LOG_INTERVAL": "1"}
     with _serve(tinykimi, cache_dir, "robust", "kimi_k2_robust", env) as server:
         yield server
 

@@ -118,7 +118,7 @@ def test_blocked_steps_are_sampled_and_scaled(grammar_store, m, monkeypatch, eve
     """The model's first choice is blocked on every step here (it wants
     ``[EOS]`` where only markers may come); it is measured on one step in
     ``every`` and scaled, so 8 steps count 8 (or 0 when switched off)."""
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", str(every))
+    monkeypatch.setenv("KIMI_TOOLS_BLOCKED_SAMPLE", str(every))
     lp = processor(grammar_store)
     output: list[int] = [m.section_begin]
     lp.update_state(update(added=[(0, params(), [1], output)], size=1))
@@ -658,7 +658,7 @@ def test_a_failing_batch_fill_fills_the_rows_one_by_one(
 def test_blocked_tally_is_spread_over_the_steps(grammar_store, m, monkeypatch):
     """8 rows, every one blocked on every step, sampled one row in 4: each
     step looks at 2 rows (no step scans them all), and 8 steps count 64."""
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_BLOCKED_SAMPLE", "4")
+    monkeypatch.setenv("KIMI_TOOLS_BLOCKED_SAMPLE", "4")
     lp = processor(grammar_store)
     outs = [[m.section_begin] for _ in range(8)]
     lp.update_state(

@@ -393,7 +393,7 @@ def test_parser_refuses_to_start_without_render_hook(monkeypatch, tokenizer) -> 
     )
     with pytest.raises(RuntimeError, match="chat-template hook is not installed"):
         KimiK2RobustToolParser(tokenizer, [])
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_NORMALIZE", "0")
+    monkeypatch.setenv("KIMI_TOOLS_NORMALIZE", "0")
     KimiK2RobustToolParser(tokenizer, [])  # explicitly switched off: starts
 
 
@@ -401,8 +401,8 @@ def test_a_bad_setting_stops_the_parser_at_start_up(monkeypatch, tokenizer) -> N
     from vllm_kimi_tools.parser.tool_parser import KimiK2RobustToolParser
 
     register()
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_STREAM_ARGUMENTS", "sometimes")
-    with pytest.raises(ValueError, match="VLLM_KIMI_TOOLS_STREAM_ARGUMENTS"):
+    monkeypatch.setenv("KIMI_TOOLS_STREAM_ARGUMENTS", "sometimes")
+    with pytest.raises(ValueError, match="KIMI_TOOLS_STREAM_ARGUMENTS"):
         KimiK2RobustToolParser(tokenizer, [])
 
 
@@ -448,9 +448,9 @@ def test_enforcer_switches(monkeypatch) -> None:
     assert EnforcerSpec.from_json(req.vllm_xargs[SPEC_KEY]).names() == ["f"]
     assert not wants_enforcer(request(tool_choice="none"))
     assert not wants_enforcer(request(vllm_xargs={"kimi_tools_enforce": "off"}))
-    monkeypatch.setenv("VLLM_KIMI_TOOLS_ENFORCER", "0")
+    monkeypatch.setenv("KIMI_TOOLS_ENFORCER", "0")
     assert not wants_enforcer(request())
-    monkeypatch.delenv("VLLM_KIMI_TOOLS_ENFORCER")
+    monkeypatch.delenv("KIMI_TOOLS_ENFORCER")
     bad = request(
         tools=[
             {
@@ -645,7 +645,7 @@ def test_enforced_call_streams_its_arguments_as_written(parser_cls, tokenizer):
 
 def test_unenforced_call_is_sent_whole(parser_cls, tokenizer, monkeypatch):
     text = section(call("functions.get_weather:2", {"city": "Oslo"}))
-    for switch in ("VLLM_KIMI_TOOLS_ENFORCER", "VLLM_KIMI_TOOLS_STREAM_ARGUMENTS"):
+    for switch in ("KIMI_TOOLS_ENFORCER", "KIMI_TOOLS_STREAM_ARGUMENTS"):
         with monkeypatch.context() as m:
             m.setenv(switch, "0")
             request = _request()

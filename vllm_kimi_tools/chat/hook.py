@@ -58,17 +58,17 @@ def serve() -> None:
 
 def normalizing() -> bool:
     """Whether the renderer normalises Kimi chats in this process now."""
-    return _served and envs.VLLM_KIMI_TOOLS_NORMALIZE
+    return _served and envs.KIMI_TOOLS_NORMALIZE
 
 
 def require() -> None:
     """Raise at start-up when the hook should normalise but is not in."""
-    if not envs.VLLM_KIMI_TOOLS_NORMALIZE:
+    if not envs.KIMI_TOOLS_NORMALIZE:
         return
     reason = problem()
     if reason is not None:
         raise RuntimeError(
             f"{PARSER_NAME}: the chat-template hook is not installed ({reason}). "
-            "Use vLLM 0.32.x, or set VLLM_KIMI_TOOLS_NORMALIZE=0 to serve "
+            "Use vLLM 0.32.x, or set KIMI_TOOLS_NORMALIZE=0 to serve "
             "without history normalisation."
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # The hook's switch (vllm_kimi_tools.envs), set for each of the two renders.
-_SWITCH = "VLLM_KIMI_TOOLS_NORMALIZE"
+_SWITCH = "KIMI_TOOLS_NORMALIZE"
 
 _RED, _GREEN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
 

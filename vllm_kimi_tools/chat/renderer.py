@@ -20,7 +20,7 @@ tokens, it
    templates end theirs with ``<think>`` or ``<think></think>``).
 
 Everything else (other parsers, other models) renders exactly as stock vLLM.
-Set ``VLLM_KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
+Set ``KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ can satisfy within the request's output budget is refused too
 
     "vllm_xargs": {"kimi_tools_enforcer": "<the spec as JSON, see .spec>"}
 
-Switches: the server-wide ``VLLM_KIMI_TOOLS_ENFORCER`` and
-``VLLM_KIMI_TOOLS_STREAM_ARGUMENTS`` (:mod:`vllm_kimi_tools.envs`), and per
+Switches: the server-wide ``KIMI_TOOLS_ENFORCER`` and
+``KIMI_TOOLS_STREAM_ARGUMENTS`` (:mod:`vllm_kimi_tools.envs`), and per
 request ``"vllm_xargs": {"kimi_tools_enforce": false}``.
 """
 
@@ -225,7 +225,7 @@ def _xargs(request: Any) -> dict[str, Any]:
 
 def enforced(request: Any) -> bool:
     """Whether the Enforcer constrains this request (docs/enforcer.md)."""
-    if not envs.VLLM_KIMI_TOOLS_ENFORCER or not declared_tools(request):
+    if not envs.KIMI_TOOLS_ENFORCER or not declared_tools(request):
         return False
     if request.tool_choice == "none":
         return False
@@ -279,7 +279,7 @@ def streamed_tools(request: Any) -> frozenset[str]:
     constrains exactly in this request (a started call can only become
     valid). Without the Enforcer, none: a call is sent once it is whole and
     valid, so a client never receives one that is then dropped."""
-    if not envs.VLLM_KIMI_TOOLS_STREAM_ARGUMENTS:
+    if not envs.KIMI_TOOLS_STREAM_ARGUMENTS:
         return frozenset()
     spec = attached_spec(request)
     if spec is None:

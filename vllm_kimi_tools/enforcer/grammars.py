@@ -6,10 +6,10 @@ One grammar per *tool schema* (not per tool set): a request's tools are
 queued for compilation when it is admitted, on a background thread, and each
 compiled grammar is cached, so another request with an overlapping tool set
 pays nothing. xgrammar releases the GIL while it compiles, so decoding goes
-on. The cache is bounded (``VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
+on. The cache is bounded (``KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
 
 A call that reaches its arguments before its grammar is ready waits for it,
-at most ``VLLM_KIMI_TOOLS_COMPILE_WAIT_S`` seconds (default 5); then
+at most ``KIMI_TOOLS_COMPILE_WAIT_S`` seconds (default 5); then
 :class:`GrammarNotReady` is raised (the Enforcer stands down for that
 request) and later requests do not wait for that grammar until it is ready.
 """
@@ -65,9 +65,9 @@ class GrammarStore:
         wait_s: float | None = None,
     ) -> None:
         if cache_bytes is None:
-            cache_bytes = envs.VLLM_KIMI_TOOLS_GRAMMAR_CACHE_MB * (1 << 20)
+            cache_bytes = envs.KIMI_TOOLS_GRAMMAR_CACHE_MB * (1 << 20)
         if wait_s is None:
-            wait_s = envs.VLLM_KIMI_TOOLS_COMPILE_WAIT_S
+            wait_s = envs.KIMI_TOOLS_COMPILE_WAIT_S
         self.wait_s = wait_s
         threads = threads or max(1, min(8, (os.cpu_count() or 2) // 2))
         self.table = table

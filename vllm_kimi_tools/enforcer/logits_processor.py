@@ -180,10 +180,10 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         # "Blocked steps" need the model's unmasked first choice: an argmax
         # over the whole vocabulary row, ~0.1 ms per row on CPU. Measured on
         # one row in this many and scaled (1: every row, 0: never).
-        self._blocked_every = envs.VLLM_KIMI_TOOLS_BLOCKED_SAMPLE
+        self._blocked_every = envs.KIMI_TOOLS_BLOCKED_SAMPLE
         self._steps = 0
         self._last_log = time.monotonic()
-        self._log_interval = envs.VLLM_KIMI_TOOLS_LOG_INTERVAL
+        self._log_interval = envs.KIMI_TOOLS_LOG_INTERVAL
         self._compile_s = 0.0  # compile seconds already counted
         self._warned: set[str] = set()
         # Rows where the length masks gave way to the grammar (a degrade).
