@@ -33,6 +33,7 @@ from typing import Any
 
 from results_io import save_results
 
+from kimi_testbed.conversations import WEATHER_ROUND_TRIP
 from kimi_testbed.paths import cache_dir
 from kimi_testbed.tinykimi import describe, ensure_tinykimi, needs_remote_code
 from kimi_testbed.wire import ARG, CALL, END, SEC, SEC_END, call, openai_tool, section
@@ -58,22 +59,7 @@ TOOLS = [
     ),
 ]
 # One earlier call in the conversation: the next canonical index is 1.
-HISTORY = [
-    {"role": "user", "content": "weather in Oslo?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {
-                "id": "functions.get_weather:0",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "cold"},
-    {"role": "user", "content": "and Tokyo?"},
-]
+HISTORY = [*WEATHER_ROUND_TRIP, {"role": "user", "content": "and Tokyo?"}]
 W = {"city": "Tokyo"}
 
 

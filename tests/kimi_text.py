@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kimi_testbed.wire import ARG, CALL, END, SEC, SEC_END, call, openai_tool, section
+from vllm_kimi_tools import tokens
 from vllm_kimi_tools.tools import DeclaredTool
 
 __all__ = [
     "ARG",
+    "K25_SWITCHES",
     "CALL",
     "END",
     "SEC",
@@ -45,3 +49,16 @@ TOOLS = (
 
 
 WEATHER_TOOL = openai_tool("get_weather", WEATHER_SCHEMA)
+
+
+# Each K2.5 thinking switch (``chat_template_kwargs``) and the generation
+# prompt the template then ends with.
+K25_SWITCHES = pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, tokens.GENERATION_PROMPT_THINKING),
+        ({"thinking": False}, tokens.GENERATION_PROMPT_NO_THINKING),
+        ({"preserve_thinking": True}, tokens.GENERATION_PROMPT_THINKING),
+    ],
+    ids=["thinking", "off", "preserve"],
+)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.conversations import WEATHER_ROUND_TRIP
 from kimi_testbed.k2vv import accumulate_stream
 from kimi_testbed.server import VllmServer
-from tests.conversations import WEATHER_ROUND_TRIP
 from tests.kimi_text import (
     ARG,
     CALL,

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.conversations import WEATHER_ROUND_TRIP
 from kimi_testbed.k2vv import accumulate_stream
 from kimi_testbed.k2vv_sim import Result, Simulation
 from kimi_testbed.scenarios import (
@@ -33,7 +34,6 @@ from kimi_testbed.scenarios import (
 from kimi_testbed.server import PUPPET, VllmServer
 from kimi_testbed.tinykimi import ensure_tinykimi, tokenizer_kind
 from tests.conftest import SHARED
-from tests.conversations import WEATHER_ROUND_TRIP
 from vllm_kimi_tools import tokens
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from kimi_testbed.conversations import CANONICAL, MESSY, TOOLS, with_string_arguments
 from kimi_testbed.server import VllmServer
-from tests.conversations import CANONICAL, MESSY, TOOLS, with_string_arguments
 from tests.kimi_text import call, section
 from vllm_kimi_tools import tokens
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from tests.conversations import CANONICAL, MESSY
+from kimi_testbed.conversations import CANONICAL, MESSY
 from vllm_kimi_tools.chat.conversation import count_tool_calls, normalize_messages
 
 

@@ -19,17 +19,19 @@ from typing import Any
 
 import pytest
 
+from tests.kimi_text import K25_SWITCHES
+
 pytest.importorskip("vllm")
 
 from kimi_testbed import tinykimi as testbed  # noqa: E402
-from tests.conftest import SHARED  # noqa: E402
-from tests.conversations import (  # noqa: E402
+from kimi_testbed.conversations import (  # noqa: E402
     CANONICAL,
     CANONICAL_REASONING,
     MESSY,
     MESSY_REASONING,
     TOOLS,
 )
+from tests.conftest import SHARED  # noqa: E402
 from vllm_kimi_tools import tokens  # noqa: E402
 
 TEMPLATES = sorted((SHARED / "anchors" / "kimi").glob("*.jinja"))
@@ -108,15 +110,7 @@ def test_messy_renders_like_canonical(
         assert ("Thought" in messy) is preserve
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        ({}, tokens.GENERATION_PROMPT_THINKING),
-        ({"thinking": False}, tokens.GENERATION_PROMPT_NO_THINKING),
-        ({"preserve_thinking": True}, tokens.GENERATION_PROMPT_THINKING),
-    ],
-    ids=["thinking", "off", "preserve"],
-)
+@K25_SWITCHES
 def test_k25_generation_prompt_is_not_doubled(
     renderer: Any, kwargs: dict[str, Any], expected: str
 ) -> None:
@@ -200,7 +194,7 @@ def test_template_without_generation_prompt_gets_one(renderer) -> None:
 def test_render_cli_prints_before_after_and_diff(tinykimi, tmp_path, capsys) -> None:
     import json
 
-    from tests.conversations import with_string_arguments
+    from kimi_testbed.conversations import with_string_arguments
     from vllm_kimi_tools.cli import main
 
     request = tmp_path / "request.json"

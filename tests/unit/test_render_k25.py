@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from kimi_testbed.conversations import CANONICAL, MESSY_REASONING, TOOLS
 from kimi_testbed.tinykimi import TEMPLATES
-from tests.conversations import CANONICAL, MESSY_REASONING, TOOLS
+from tests.kimi_text import K25_SWITCHES
 from vllm_kimi_tools import tokens
 
 TEMPLATE = TEMPLATES["k25"].read_text()
@@ -146,15 +147,7 @@ def _vllm_render(renderer: Any, messages: list, *, hook: bool = True, **kw) -> s
     return render_request(renderer, request, hook=hook)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        ({}, tokens.GENERATION_PROMPT_THINKING),
-        ({"thinking": False}, tokens.GENERATION_PROMPT_NO_THINKING),
-        ({"preserve_thinking": True}, tokens.GENERATION_PROMPT_THINKING),
-    ],
-    ids=["thinking", "off", "preserve"],
-)
+@K25_SWITCHES
 def test_checkpoint_template_renders_as_stock(
     k25_renderer: Any, kwargs: dict[str, Any], expected: str
 ) -> None:

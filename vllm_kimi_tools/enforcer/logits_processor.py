@@ -309,31 +309,11 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
         for row, req in rows:
-            try:
-                enforcer = self._enforcer(req)
-                if enforcer.phase is Phase.OFF:
-                    continue
-                if enforcer.phase is Phase.ARGS:  # filled below, batched
-                    filling.append((row, req, enforcer))
-                    continue
-                directive = self._directive(req, enforcer, enforcer.directive())
-                if directive is not None:
-                    plan.add(row, directive, bitmask[row])
-                    active.append((row, req))
-            except Exception as e:  # contained to this request
-                bitmask[row] = -1
-                self._contain(req, "mask", e)
+            enforcer = self._plan_row(plan, active, bitmask, row, req)
+            if enforcer is not None:  # in its arguments: filled below, batched
+                filling.append((row, req, enforcer))
         for row, req in self._fill(bitmask, filling):
-            try:
-                enforcer = self._enforcer(req)
-                filled = enforcer.directive_filled(bitmask[row])
-                directive = self._directive(req, enforcer, filled, bitmask[row])
-                if directive is not None:
-                    plan.add(row, directive, bitmask[row])
-                    active.append((row, req))
-            except Exception as e:  # contained to this request
-                bitmask[row] = -1
-                self._contain(req, "mask", e)
+            self._plan_row(plan, active, bitmask, row, req, filled=True)
         if not active:
             return
         try:
@@ -345,6 +325,37 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                     logits[row] = 0.0
                 self._contain(req, "apply", e)
         self._maybe_log()
+
+    def _plan_row(
+        self,
+        plan: MaskPlan,
+        active: list[tuple[int, _Request]],
+        bitmask: np.ndarray,
+        row: int,
+        req: _Request,
+        filled: bool = False,
+    ) -> RequestEnforcer | None:
+        """Add ``req``'s directive for ``row`` to ``plan``. An argument row
+        whose bitmask is not ``filled`` yet is returned instead, to be filled
+        with the others."""
+        try:
+            enforcer = self._enforcer(req)
+            if enforcer.phase is Phase.OFF:
+                return None
+            if filled:
+                directive = enforcer.directive_filled(bitmask[row])
+            elif enforcer.phase is Phase.ARGS:
+                return enforcer
+            else:
+                directive = enforcer.directive()
+            directive = self._directive(req, enforcer, directive, bitmask[row])
+            if directive is not None:
+                plan.add(row, directive, bitmask[row])
+                active.append((row, req))
+        except Exception as e:  # contained to this request
+            bitmask[row] = -1
+            self._contain(req, "mask", e)
+        return None
 
     def _fill(
         self,
@@ -386,15 +397,14 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         req: _Request,
         enforcer: RequestEnforcer,
         directive: Any,
-        row: np.ndarray | None = None,
+        row: np.ndarray,
     ) -> Any:
         """``enforcer``'s directive, checked and counted (None: not enforced;
-        ``row``: its bitmask row, for an argument row)."""
+        ``row``: the request's bitmask row)."""
         if enforcer.degrades != req.degrades:
             self._count_degrades(req, enforcer)
         if enforcer.phase is Phase.OFF:  # nothing at all was allowed
-            if row is not None:
-                row[:] = -1
+            row[:] = -1
             self._stand_down(req, enforcer.off_reason or "empty")
             return None
         ids = directive.ids if isinstance(directive, Ban | Only) else ()
