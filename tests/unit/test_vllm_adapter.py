@@ -420,6 +420,32 @@ def test_thinking_switch_off_reaches_reasoning_parser(tinykimi) -> None:
     assert [c.name for c in calls] == ["get_weather"]
 
 
+def test_the_history_is_counted_once_per_request(monkeypatch) -> None:
+    """Admission, the non-streaming parse and the stream all number calls
+    from the history's count: counted once per request, forgotten with it."""
+    import gc
+
+    from vllm_kimi_tools.parser import tool_parser
+
+    counted: list[int] = []
+    real = tool_parser.count_tool_calls
+    monkeypatch.setattr(
+        tool_parser,
+        "count_tool_calls",
+        lambda messages: counted.append(1) or real(messages),
+    )
+    request = _request()
+    expected = real(request.messages)
+    assert expected > 0
+    for _ in range(3):
+        assert tool_parser.history_tool_call_count(request) == expected
+    assert counted == [1]
+    key = id(request)
+    del request
+    gc.collect()
+    assert key not in tool_parser._HISTORY_CALLS
+
+
 def test_enforcer_switches(monkeypatch) -> None:
     """On by default with tools; off for tool_choice none, per request and
     per server; an unusable schema is a ValueError (HTTP 400)."""
