@@ -46,13 +46,13 @@ from transformers import AutoTokenizer
 
 from kimi_testbed.corpora import bfcl_cases
 from kimi_testbed.paths import cache_dir
+from kimi_testbed.processor import processor
 from kimi_testbed.tinykimi import describe, ensure_tinykimi, needs_remote_code
 from kimi_testbed.walk import call_text
 from vllm_kimi_tools import tokens
 from vllm_kimi_tools._compat import BatchUpdate
 from vllm_kimi_tools.enforcer.admission import build_spec
 from vllm_kimi_tools.enforcer.grammars import GrammarStore
-from vllm_kimi_tools.enforcer.logits_processor import KimiToolEnforcer
 from vllm_kimi_tools.enforcer.machine import Phase
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY
 from vllm_kimi_tools.tools import DeclaredTool
@@ -87,25 +87,6 @@ WORDS = [
     "on",
     "sales",
 ]
-
-
-class _Ready:
-    def __init__(self, store: GrammarStore) -> None:
-        self.store, self.problem = store, None
-
-    def get(self) -> GrammarStore:
-        return self.store
-
-
-def _processor(store: GrammarStore) -> KimiToolEnforcer:
-    config = SimpleNamespace(
-        model_config=SimpleNamespace(
-            skip_tokenizer_init=True, get_vocab_size=lambda: VOCAB
-        )
-    )
-    lp = KimiToolEnforcer(config, torch.device("cpu"), False)
-    lp._loader = _Ready(store)
-    return lp
 
 
 def _requests(tokenizer: Any, n: int, rng: random.Random) -> list[tuple[Any, list]]:
@@ -153,7 +134,7 @@ def run_batch(
     for params, _ in requests + waiting:  # compile first: not measured here
         for tool in json.loads(params.extra_args[SPEC_KEY])["tools"]:
             store.get(tool["grammar"], wait_s=120)
-    lp = _processor(store)
+    lp = processor(store)
     outputs: list[list[int]] = []
     cursors: list[int] = []
     added = []

@@ -142,3 +142,10 @@ def test_token_text_flushes_an_incomplete_character() -> None:
     decoder = TokenText(table.__getitem__)
     assert decoder.feed([1, 0]) == "x"
     assert decoder.finish() == "\ufffd"
+
+
+def test_token_text_writes_nothing_for_skipped_ids() -> None:
+    table = {0: b"ok", 1: b"<|im_end|>"}
+    decoder = TokenText(table.__getitem__, skip={1})
+    assert decoder.feed([0, 1, 0]) == "okok"
+    assert decoder.finish() == ""

@@ -27,6 +27,7 @@ from vllm.v1.sample.logits_processor import (  # noqa: E402
 )
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext  # noqa: E402
 
+from kimi_testbed.processor import processor  # noqa: E402
 from vllm_kimi_tools import metrics  # noqa: E402
 from vllm_kimi_tools.enforcer.admission import (
     build_spec,  # noqa: E402
@@ -41,23 +42,6 @@ WEATHER = {
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-NO_TOKENIZER = SimpleNamespace(
-    model_config=SimpleNamespace(skip_tokenizer_init=True, get_vocab_size=lambda: V)
-)
-
-
-class _Ready:
-    def __init__(self, store) -> None:
-        self.store, self.problem = store, None
-
-    def get(self):
-        return self.store
-
-
-def processor(store, *args) -> KimiToolEnforcer:
-    lp = KimiToolEnforcer(NO_TOKENIZER, *(args or (torch.device("cpu"), False)))
-    lp._loader = _Ready(store)
-    return lp
 
 
 def params(**kw) -> SamplingParams:

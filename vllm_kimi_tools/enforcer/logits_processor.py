@@ -174,7 +174,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._requests: dict[int, _Request] = {}
         self._bitmask: np.ndarray | None = None
         self._batcher: Any = None  # xgrammar's BatchGrammarMatcher, on first use
-        self._vocab = 0  # the logits' width, this step
         self._blocked: torch.Tensor | None = None
         envs.validate()
         # "Blocked steps" need the model's unmasked first choice: an argmax
@@ -304,7 +303,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
         bitmask = self._bitmask
-        self._vocab = logits.shape[1]
         plan = MaskPlan()
         active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
@@ -378,14 +376,17 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 matchers, torch.from_numpy(bitmask), indices=rows
             )
             return [(row, req) for row, req, _ in filling]
-        except Exception:
-            pass
+        except Exception as e:  # one request's matcher, or xgrammar's batch
+            self._warn_once(
+                "batch-fill",
+                "Kimi tool Enforcer: batch bitmask fill failed (%s); filling "
+                "the argument rows one by one",
+                e,
+            )
         done = []
         for row, req, enforcer in filling:
             try:
-                bitmask[row] = -1
-                row_t = torch.from_numpy(bitmask[row]).unsqueeze(0)
-                enforcer.fill_matcher().fill_next_token_bitmask(row_t)
+                enforcer.fill_grammar(bitmask[row])
                 done.append((row, req))
             except Exception as e:  # contained to this request
                 bitmask[row] = -1
@@ -408,7 +409,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             self._stand_down(req, enforcer.off_reason or "empty")
             return None
         ids = directive.ids if isinstance(directive, Ban | Only) else ()
-        if ids and (min(ids) < 0 or max(ids) >= self._vocab):
+        if ids and (min(ids) < 0 or max(ids) >= len(row) * 32):
             raise ValueError("a directive names an id outside the vocabulary")
         return directive
 

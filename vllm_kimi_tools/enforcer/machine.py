@@ -201,8 +201,7 @@ class RequestEnforcer:
             return Only(tuple(allowed))
         if phase is Phase.ARGS:
             assert bitmask_row is not None, "ARGS needs a bitmask row"
-            bitmask_row[:] = -1
-            self.fill_matcher().fill_next_token_bitmask(_as_torch(bitmask_row))
+            self.fill_grammar(bitmask_row)
             return self.directive_filled(bitmask_row)
         return None
 
@@ -214,6 +213,12 @@ class RequestEnforcer:
         """
         assert self.phase is Phase.ARGS
         return self._ensure_matcher()
+
+    def fill_grammar(self, bitmask_row: np.ndarray) -> None:
+        """In ARGS: write the argument grammar's own bitmask into
+        ``bitmask_row`` (one request; :meth:`fill_matcher` for a batch)."""
+        bitmask_row[:] = -1
+        self.fill_matcher().fill_next_token_bitmask(_as_torch(bitmask_row))
 
     def directive_filled(self, bitmask_row: np.ndarray) -> Directive:
         """In ARGS, ``bitmask_row`` holding :meth:`fill_matcher`'s bitmask:
@@ -288,8 +293,8 @@ class RequestEnforcer:
         def refuses(words: np.ndarray) -> bool:
             return not (int(words[word]) >> bit) & 1
 
-        row = np.full((table.vocab_size + 31) // 32, -1, dtype=np.int32)
-        self._ensure_matcher().fill_next_token_bitmask(_as_torch(row))
+        row = np.empty((table.vocab_size + 31) // 32, dtype=np.int32)
+        self.fill_grammar(row)
         out = ["grammar"] if refuses(row) else []
         if refuses(table.special_clear_words):
             out.append("special")

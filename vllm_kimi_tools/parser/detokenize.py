@@ -66,15 +66,21 @@ def unspace(text: str, added: re.Pattern[str], *, leading: bool = True) -> str:
 class TokenText:
     """Incremental token ids → text, byte-exact, never splitting a character.
 
-    ``token_bytes`` gives one token's bytes (the tokenizer's own table).
+    ``token_bytes`` gives one token's bytes (the tokenizer's own table);
+    ``skip``: ids that write no text (turn ends, whose text vLLM never shows).
     """
 
-    def __init__(self, token_bytes: Callable[[int], bytes]) -> None:
+    def __init__(
+        self, token_bytes: Callable[[int], bytes], skip: Collection[int] = ()
+    ) -> None:
         self._token_bytes = token_bytes
+        self._skip = skip
         self._pending = b""
 
     def feed(self, token_ids: Iterable[int]) -> str:
-        data = self._pending + b"".join(self._token_bytes(t) for t in token_ids)
+        data = self._pending + b"".join(
+            self._token_bytes(t) for t in token_ids if t not in self._skip
+        )
         cut = _complete_prefix(data)
         self._pending = data[cut:]
         return data[:cut].decode("utf-8", "replace")

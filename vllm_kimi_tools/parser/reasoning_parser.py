@@ -92,10 +92,7 @@ class KimiK2RobustParser(KimiK2Parser):
         super().__init__(tokenizer, tools, **kwargs)
         self._tool_call_start_token_id = self.vocab.get(TOOL_CALL_BEGIN)
         self._unspace = False  # this text came from the spacing detokenizer
-        self._stream_text: detokenize.TokenText | None = None
-        if not getattr(tokenizer, "is_fast", True):
-            self._stream_text = detokenize.TokenText(exact_token_bytes(tokenizer))
-            self._not_text = stop_token_ids(tokenizer)
+        self._stream_text = exact_stream_text(tokenizer)
 
     def adjust_request(self, request: Any) -> Any:
         request = super().adjust_request(request)
@@ -106,8 +103,7 @@ class KimiK2RobustParser(KimiK2Parser):
     def _preprocess_feed(self, delta_text: str, delta_token_ids: Any) -> Any:
         if delta_token_ids and self._stream_text is not None:
             # Streaming: the token ids are the truth (exact on every API).
-            ids = [t for t in delta_token_ids if t not in self._not_text]
-            return self._stream_text.feed(ids), delta_token_ids
+            return self._stream_text.feed(delta_token_ids), delta_token_ids
         if self._unspace:
             return unspace(self.model_tokenizer, delta_text), delta_token_ids
         return delta_text, delta_token_ids
@@ -143,6 +139,15 @@ def exact_token_bytes(tokenizer: Any) -> Any:
         cached = (tokenizer, detokenize.token_bytes_fn(tokenizer))
         _TOKEN_BYTES[id(tokenizer)] = cached
     return cached[1]
+
+
+def exact_stream_text(tokenizer: Any) -> detokenize.TokenText | None:
+    """For a slow tokenizer, whose detokenizer puts spaces around added
+    tokens: a stream's text rebuilt from its token ids (turn ends left out,
+    as vLLM leaves them out). None for a fast tokenizer: its text is exact."""
+    if getattr(tokenizer, "is_fast", True):
+        return None
+    return detokenize.TokenText(exact_token_bytes(tokenizer), stop_token_ids(tokenizer))
 
 
 def stop_token_ids(tokenizer: Any) -> frozenset[int]:

@@ -284,6 +284,12 @@ class KimiToolCallParser:
         self._drain(final=False)
         return self._take()
 
+    def parse_whole(self, text: str) -> ParseDelta:
+        """A complete model output at once: :meth:`feed`, then :meth:`finish`."""
+        result = self.feed(text)
+        result.extend(self.finish())
+        return result
+
     def finish(self) -> ParseDelta:
         """End of output: flush held-back text and close any open call."""
         if not self._finished:
@@ -544,6 +550,4 @@ def parse_tool_calls(
 ) -> ParseDelta:
     """Parse a complete model output."""
     parser = KimiToolCallParser(tools, history_tool_calls, checkers, stream_arguments)
-    result = parser.feed(text)
-    result.extend(parser.finish())
-    return result
+    return parser.parse_whole(text)

@@ -40,16 +40,11 @@ from vllm_kimi_tools.enforcer import admission
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY
 from vllm_kimi_tools.names import PARSER_NAME
 from vllm_kimi_tools.parser import detokenize
-from vllm_kimi_tools.parser.reasoning_parser import (
-    exact_token_bytes,
-    stop_token_ids,
-    unspace,
-)
+from vllm_kimi_tools.parser.reasoning_parser import exact_stream_text, unspace
 from vllm_kimi_tools.parser.tool_calls import (
     DroppedToolCall,
     KimiToolCallParser,
     ParseDelta,
-    parse_tool_calls,
 )
 from vllm_kimi_tools.parser.tool_ids import unsafe_tool_name
 from vllm_kimi_tools.tokens import K3_PARSER_NAME, is_k3_vocab, missing_tool_tokens
@@ -82,6 +77,19 @@ def history_tool_call_count(request: Any) -> int:
         _HISTORY_CALLS[key] = count
         weakref.finalize(request, _HISTORY_CALLS.pop, key, None)
     return count
+
+
+def _call_parser(request: Any) -> KimiToolCallParser:
+    """The request's incremental parser: its tools, the history's count and,
+    when enforced, the schema checks and the tools whose calls stream early
+    (the same calls in a non-streaming response, so that a call dropped
+    after its header went out numbers the rest alike)."""
+    return KimiToolCallParser(
+        declared_tools(request),
+        history_tool_call_count(request),
+        admission.enforced_checkers(request),
+        admission.streamed_tools(request),
+    )
 
 
 def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> None:
@@ -146,10 +154,7 @@ class KimiK2RobustToolParser(ToolParser):
         envs.validate()
         hook.require()
         self._stream: KimiToolCallParser | None = None
-        self._stream_text: detokenize.TokenText | None = None
-        if not getattr(tokenizer, "is_fast", True):
-            self._stream_text = detokenize.TokenText(exact_token_bytes(tokenizer))
-            self._not_text = stop_token_ids(tokenizer)
+        self._stream_text = exact_stream_text(tokenizer)
 
     def adjust_request(
         self, request: ChatCompletionRequest | ResponsesRequest
@@ -196,15 +201,7 @@ class KimiK2RobustToolParser(ToolParser):
             # Straight from a spacing detokenizer (no reasoning parser made
             # it exact first): undo the spaces around markers.
             model_output = unspace(self.model_tokenizer, model_output)
-        result = parse_tool_calls(
-            model_output,
-            declared_tools(request),
-            history_tool_call_count(request),
-            admission.enforced_checkers(request),
-            # The same calls stream early as in a stream, so that a call
-            # dropped after its header went out numbers the rest alike.
-            admission.streamed_tools(request),
-        )
+        result = _call_parser(request).parse_whole(model_output)
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
             tools_called=bool(result.tool_calls),
@@ -233,16 +230,10 @@ class KimiK2RobustToolParser(ToolParser):
         request: ChatCompletionRequest,
     ) -> DeltaMessage | None:
         if self._stream is None:
-            self._stream = KimiToolCallParser(
-                declared_tools(request),
-                history_tool_call_count(request),
-                admission.enforced_checkers(request),
-                admission.streamed_tools(request),
-            )
+            self._stream = _call_parser(request)
         if self._stream_text is not None and delta_token_ids:
             # The token ids are the exact text, whatever the detokenizer did.
-            ids = [t for t in delta_token_ids if t not in self._not_text]
-            delta_text = self._stream_text.feed(ids)
+            delta_text = self._stream_text.feed(delta_token_ids)
         return _to_delta_message(self._stream.feed(delta_text))
 
     def finish_streaming(self) -> DeltaMessage | None:
