@@ -4,6 +4,7 @@
 #   bash scripts/dev.sh test    # lint + unit tests + e2e tests through vllm serve
 #   bash scripts/dev.sh bench   # parser benchmark vs vLLM's built-in kimi_k2
 #   bash scripts/dev.sh k2vv    # K2VV simulation: stock vLLM vs kimi_k2_robust
+#   bash scripts/dev.sh kvv     # Moonshot's vendor verifier, unmodified, three-way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -19,5 +20,6 @@ case "$cmd" in
     exec "$PY" -m pytest "$@" ;;
   bench) exec "$PY" benchmarks/bench_parser.py --out benchmarks/results "$@" ;;
   k2vv)  exec "$PY" benchmarks/bench_k2vv.py --out benchmarks/results "$@" ;;
-  *) echo "unknown command: $cmd (demo|test|bench|k2vv)" >&2; exit 2 ;;
+  kvv)   exec "$PY" benchmarks/bench_kvv.py --out benchmarks/results "$@" ;;
+  *) echo "unknown command: $cmd (demo|test|bench|k2vv|kvv)" >&2; exit 2 ;;
 esac

@@ -32,7 +32,9 @@ bfcl_functions = corpora.bfcl_functions
 def enforcer_for(store, tools: dict[str, Any], **kw: Any) -> RequestEnforcer:
     """An Enforcer for ``{name: parameters}`` (``first_index`` etc. in kw)."""
     spec_kw = {
-        k: kw.pop(k) for k in ("choice", "named", "parallel", "max_tokens") if k in kw
+        k: kw.pop(k)
+        for k in ("choice", "named", "parallel", "max_tokens", "reply")
+        if k in kw
     }
     spec, _ = build_spec(
         [DeclaredTool(name, params) for name, params in tools.items()],

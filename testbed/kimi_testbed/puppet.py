@@ -23,6 +23,10 @@ it writes the first allowed of its ``puppet_closers`` (in order, e.g. ``"``,
 ``}``, ``<|tool_call_end|>``, ``<|im_end|>``: what a model says to wrap up);
 else the model's own best allowed token. It always finishes, so what is measured is
 the masks, not a random model.
+With ``puppet_quote`` (the id of ``"``) it also knows where it is in JSON: it
+reads the text of what it has written (each special token starts afresh) and,
+inside a string, tries the quote before its other closers, as a model closes a
+string before the object around it.
 Past the script's end the row is left alone (``intend``: closers, then the
 model). Load it with
 ``--logits-processors kimi_testbed.puppet:PuppetLogitsProcessor``;
@@ -31,8 +35,10 @@ it is deliberately not an entry point.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm.v1.sample.logits_processor import (
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 SCRIPT_KEY = "puppet_script"
 MODE_KEY = "puppet_mode"
 CLOSERS_KEY = "puppet_closers"
+QUOTE_KEY = "puppet_quote"
+FIRST_SPECIAL = 163584  # Kimi's special tokens start here (tokens.py)
 MODES = ("override", "respect", "intend")
 LOOKAHEAD = 16
 
@@ -58,9 +66,28 @@ class _Row:
     mode: str
     output: list[int]  # live reference to the request's output token ids
     closers: list[int]
+    quote: int | None = None
     cursor: int = 0  # intend: next scripted token
     next_cursor: int = 0  # ... once the token chosen at ``chosen_at`` is out
     chosen_at: int = -1
+    read: int = 0  # quote: output tokens lexed so far
+    in_string: bool = False
+    escaped: bool = False
+
+    def lex(self, text_of: Callable[[int], str]) -> None:
+        """Follow JSON string state over the output written since last time."""
+        for token in self.output[self.read :]:
+            if token >= FIRST_SPECIAL:
+                self.in_string = self.escaped = False
+                continue
+            for char in text_of(token):
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\" and self.in_string:
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = not self.in_string
+        self.read = len(self.output)
 
 
 def _row(params: SamplingParams, output: list[int]) -> _Row | None:
@@ -73,6 +100,7 @@ def _row(params: SamplingParams, output: list[int]) -> _Row | None:
         str(extra.get(MODE_KEY, "override")),
         output,
         [int(t) for t in extra.get(CLOSERS_KEY) or []],
+        None if extra.get(QUOTE_KEY) is None else int(extra[QUOTE_KEY]),
     )
 
 
@@ -84,6 +112,16 @@ class PuppetLogitsProcessor(LogitsProcessor):
     ) -> None:
         self._rows: dict[int, _Row] = {}
         self._vocab = vllm_config.model_config.get_vocab_size()
+        self._model_config = vllm_config.model_config
+
+    @functools.cached_property
+    def _tokenizer(self) -> Any:
+        from vllm.tokenizers import cached_tokenizer_from_config
+
+        return cached_tokenizer_from_config(self._model_config)
+
+    def _text_of(self, token: int) -> str:
+        return self._tokenizer.decode([token])
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -102,6 +140,9 @@ class PuppetLogitsProcessor(LogitsProcessor):
             isinstance(t, int) for t in closers
         ):
             raise ValueError(f"{CLOSERS_KEY} must be a list of token ids")
+        quote = extra.get(QUOTE_KEY)
+        if quote is not None and (not isinstance(quote, int) or quote < 0):
+            raise ValueError(f"{QUOTE_KEY} must be a token id")
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -160,7 +201,12 @@ class PuppetLogitsProcessor(LogitsProcessor):
                 row.next_cursor = row.cursor + ahead + 1
                 break
         if choice is None:
-            choice = next((t for t in row.closers if ok(t)), None)
+            closers = row.closers
+            if row.quote is not None:
+                row.lex(self._text_of)
+                if row.in_string:
+                    closers = [row.quote, *closers]
+            choice = next((t for t in closers if ok(t)), None)
             row.next_cursor = row.cursor
         if choice is None:
             return  # the model's own choice among what is allowed

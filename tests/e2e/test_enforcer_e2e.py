@@ -9,6 +9,7 @@ same intentions on the stock ``kimi_k2`` server show the failures it fixes.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -135,6 +136,43 @@ def test_response_format_with_tools(robust_server):
     )
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["content"] == '{"answer": 1}'
+
+
+ANSWER = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"sky": {"enum": ["clear", "cloudy"]}},
+            "required": ["sky"],
+        },
+    },
+}
+OSLO = section(call("get_weather", '{"city": "Oslo", "days": 2}', 0))
+
+
+def test_response_format_beside_tools_shapes_a_text_reply(robust_server):
+    """No call: the text is the response_format's JSON, enforced."""
+    choice = _ask(robust_server, "It is sunny.", response_format=ANSWER)
+    assert choice["finish_reason"] == "stop", choice
+    assert not choice["message"].get("tool_calls")
+    assert json.loads(choice["message"]["content"])["sky"] in ("clear", "cloudy")
+
+
+@pytest.mark.parametrize("server", ["robust_server", "stock_server"])
+def test_response_format_beside_tools_keeps_the_calls(request, server):
+    """A call instead of the JSON: kept (and enforced) by kimi_k2_robust;
+    stock vLLM's JSON grammar leaves the model no way to call."""
+    choice = _ask(request.getfixturevalue(server), OSLO, response_format=ANSWER)
+    calls = choice["message"].get("tool_calls") or []
+    if server == "stock_server":
+        assert not calls and json.loads(choice["message"]["content"]), choice
+        return
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [
+        {"city": "Oslo", "days": 2}
+    ]
 
 
 def test_unusable_schema_is_a_400(robust_server):

@@ -256,3 +256,55 @@ def test_think_end_is_banned_only_where_no_thinking_is_open(tiny_store) -> None:
         mask = allowed(enforcer_for(tiny_store, TOOLS, start=start), vocab)
         assert mask[m.think_end] is np.bool_(think_end), start
         assert mask[m.think_begin] is np.bool_(start is OutputStart.TEXT), start
+
+
+REPLY = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}},
+    "required": ["answer"],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "ok"),
+    [
+        # the text is the response_format's JSON, ended by the turn's end
+        ('{"answer": 4}<|im_end|>', {}, True),
+        ('<think>hm</think>{"answer": 4}<|im_end|>', {}, True),
+        ('{"answer": "four"}', {}, False),
+        ('{"answer": 4', {"end": "<|im_end|>"}, False),
+        ("plain answer", {}, False),
+        ('{"answer": 4}<|tool_call_end|>', {}, False),
+        ('{"answer": 4} and more', {}, False),
+        # or the calls instead of it, never both
+        (section(call("get_weather", 0)) + "<|im_end|>", {}, True),
+        ("<think>x</think>" + section(call("get_weather", 0)), {}, True),
+        ('{"answer": 4}' + section(call("get_weather", 0)), {}, False),
+        (section(call("get_weather", 0)) + '{"answer": 4}', {}, False),
+        # forced calls: the reply never opens
+        ('{"answer": 4}', {"choice": "required"}, False),
+        (section(call("search", 0, "{}")), {"choice": "required"}, True),
+    ],
+)
+def test_reply_is_the_json_or_the_calls(tiny_store, tiny_tokenizer, text, kw, ok):
+    end = kw.pop("end", "")
+    enforcer = enforcer_for(tiny_store, TOOLS, reply=REPLY, **kw)
+    result = drive(enforcer, tiny_tokenizer, text + end)
+    assert result.ok is ok, result
+
+
+def test_the_reply_ends_only_once_complete(tiny_store, tiny_tokenizer) -> None:
+    enforcer = enforcer_for(tiny_store, TOOLS, reply=REPLY)
+    vocab = tiny_store.table.vocab_size
+    (im_end,) = ids(tiny_tokenizer, "<|im_end|>")
+    (section_begin,) = ids(tiny_tokenizer, "<|tool_calls_section_begin|>")
+    first = allowed(enforcer, vocab)
+    assert first[section_begin] and not first[im_end]
+    assert drive(enforcer, tiny_tokenizer, '{"answer": 4').ok
+    assert enforcer.phase is Phase.REPLY
+    mask = allowed(enforcer, vocab)
+    assert not mask[im_end] and not mask[section_begin]
+    assert drive(enforcer, tiny_tokenizer, "}").ok
+    assert allowed(enforcer, vocab)[im_end]
+    assert drive(enforcer, tiny_tokenizer, "<|im_end|>").ok
+    assert enforcer.phase is Phase.AFTER

@@ -30,6 +30,7 @@ ADAPTERS = {
     f"{ROOT}.parser.tool_parser",
     f"{ROOT}.parser.reasoning_parser",
     f"{ROOT}.enforcer.logits_processor",
+    f"{ROOT}.api.middleware",
 }
 # Modules that may import register() from the package root.
 ENTRY_POINTS = {f"{ROOT}.cli", f"{ROOT}.chat.render_cli"}

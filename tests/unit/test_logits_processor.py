@@ -666,3 +666,33 @@ def test_blocked_tally_is_spread_over_the_steps(grammar_store, m, monkeypatch):
     lp.flush_metrics()
     assert looked == [2] * 8
     assert metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0) - before == 64
+
+
+def test_a_json_reply_opens_as_json_or_as_the_calls(grammar_store, kimi_tokenizer, m):
+    """With a JSON ``response_format`` beside the tools, the first row of the
+    text is the reply grammar's plus the section's opening, both batch-filled
+    with the argument rows."""
+    reply = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    spec, _ = build_spec(
+        [DeclaredTool("get_weather", WEATHER)], first_index=0, reply=reply
+    )
+    with_reply = SamplingParams(extra_args={SPEC_KEY: spec.to_json()})
+    in_args = kimi_tokenizer.encode(
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        "<|tool_call_argument_begin|>",
+        add_special_tokens=False,
+    )
+    lp = processor(grammar_store)
+    lp.update_state(
+        update(added=[(0, with_reply, [1], []), (1, params(), [1], in_args)])
+    )
+    logits = torch.randn(2, V)
+    lp.apply(logits)
+    texts = {
+        kimi_tokenizer.decode([t]) for t in finite(logits[0]) if t < m.section_begin
+    }
+    assert m.section_begin in finite(logits[0])
+    assert not finite(logits[0]) & set(m.stops)
+    assert texts and all(t.lstrip().startswith("{") or not t.strip() for t in texts)
+    args = {kimi_tokenizer.decode([t]) for t in finite(logits[1])}
+    assert all(t.lstrip().startswith("{") or not t.strip() for t in args), args

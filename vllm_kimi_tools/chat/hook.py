@@ -56,6 +56,11 @@ def serve() -> None:
     _served = True
 
 
+def served() -> bool:
+    """Whether this process serves ``kimi_k2_robust``."""
+    return _served
+
+
 def normalizing() -> bool:
     """Whether the renderer normalises Kimi chats in this process now."""
     return _served and envs.KIMI_TOOLS_NORMALIZE

@@ -84,8 +84,12 @@ def build_spec(
     parallel: bool = True,
     max_tokens: int | None = None,
     max_model_len: int | None = None,
+    reply: Any = None,
 ) -> tuple[EnforcerSpec, list[str]]:
     """The Enforcer spec for a request, and notes on degraded schemas.
+
+    ``reply``: the JSON Schema the reply's text must follow (a JSON
+    ``response_format``), None for free text.
 
     ``max_tokens``: the request's output budget (None: not set);
     ``max_model_len``: the server's (None: :data:`DEFAULT_TOKEN_CEILING`).
@@ -159,9 +163,42 @@ def build_spec(
     if choice != AUTO and max_tokens is not None:
         _check_forced_budget(needs, max_tokens, choice)
     spec = EnforcerSpec(
-        tools=tuple(grammars), first_index=first_index, choice=choice, parallel=parallel
+        tools=tuple(grammars),
+        first_index=first_index,
+        choice=choice,
+        parallel=parallel,
+        reply=None if reply is None else _reply_grammar(reply, notes),
     )
     return spec, notes
+
+
+def _reply_grammar(schema: Any, notes: list[str]) -> ToolGrammar:
+    try:
+        prepared = prepare_schema(schema, strict=True)
+    except UnusableSchemaError as e:
+        raise AdmissionError(f"response_format: {e}") from e
+    notes.extend(f"response_format {note}" for note in prepared.degraded)
+    track = prepared.has_length_bounds and prepared.track_lengths
+    return ToolGrammar(
+        "",
+        prepared.grammar_json,
+        prepared.schema if track else None,
+        exact=prepared.exact,
+    )
+
+
+def reply_schema(request: Any) -> Any:
+    """The JSON Schema of a request's JSON ``response_format`` (``json_object``:
+    any object); None for text or none."""
+    fmt = getattr(request, "response_format", None)
+    kind = getattr(fmt, "type", None)
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        js = getattr(fmt, "json_schema", None)
+        schema = getattr(js, "json_schema", None)
+        return schema if schema is not None else {}
+    return None
 
 
 def _check_forced_budget(
@@ -251,6 +288,7 @@ def spec_for(
             parallel=request.parallel_tool_calls is not False,
             max_tokens=output_budget(request),
             max_model_len=max_model_len,
+            reply=reply_schema(request),
         )
     except AdmissionError:
         raise

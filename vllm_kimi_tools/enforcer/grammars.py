@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -197,10 +197,14 @@ class GrammarStore:
             self.stats.compile_seconds += time.perf_counter() - start
         return grammar
 
-    def matcher(self, key: str) -> xgr.GrammarMatcher:
-        """A matcher for one call's arguments, ended by ``<|tool_call_end|>``."""
+    def matcher(
+        self, key: str, stops: Sequence[int] | None = None
+    ) -> xgr.GrammarMatcher:
+        """A matcher for one call's arguments, ended by ``<|tool_call_end|>``
+        (or by one of ``stops``: a JSON reply ends the turn)."""
         return xgr.GrammarMatcher(
-            self.get(key), override_stop_tokens=[self.table.markers.call_end]
+            self.get(key),
+            override_stop_tokens=list(stops or [self.table.markers.call_end]),
         )
 
     @property

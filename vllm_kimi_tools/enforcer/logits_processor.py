@@ -342,7 +342,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 return None
             if filled:
                 directive = enforcer.directive_filled(bitmask[row])
-            elif enforcer.phase is Phase.ARGS:
+            elif enforcer.needs_fill:
                 return enforcer
             else:
                 directive = enforcer.directive()

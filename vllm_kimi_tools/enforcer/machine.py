@@ -27,6 +27,10 @@ K2-Thinking: ``<think>`` may be the first token), in THINK (K2.5+ prompts
 that end with ``<think>``) or in TEXT after thinking (``<think></think>``:
 neither marker again).
 
+A JSON ``response_format`` next to the tools (``spec.reply``, ``auto`` only):
+the text is that JSON (REPLY: its grammar, ended by ``<|im_end|>``) or the
+section opens instead of it; its first token is either, by one bitmask.
+
 ``tool_choice="required"`` / named: the section must open right away, or
 right after the thinking (the model may finish its thoughts; it cannot end
 the turn in them); named and ``parallel_tool_calls=false`` allow one call.
@@ -77,6 +81,7 @@ class Phase(enum.Enum):
     SECTION = "section"
     HEADER = "header"
     ARGS = "args"
+    REPLY = "reply"  # the text, as the response_format's JSON
     BETWEEN = "between"
     AFTER = "after"
     OFF = "off"  # gave up on this request (see ``off_reason``)
@@ -130,6 +135,8 @@ class RequestEnforcer:
         # Either way a length bound may be broken.
         self.degrades: dict[str, int] = {}
         self._forced = spec.choice != AUTO
+        # With forced calls there is no text to shape.
+        self._reply = None if self._forced else spec.reply
         self._max_calls = 1 if (spec.choice != AUTO or not spec.parallel) else None
         self.phase = Phase.THINK if start is OutputStart.THINKING else Phase.TEXT
         # ``<think>`` may open the output only where the prompt did not.
@@ -145,7 +152,10 @@ class RequestEnforcer:
         # Length bounds by JSON path, per tool (memoised, bounded walks).
         self._index: dict[str, SchemaIndex] = {}
         self._unbounded: set[str] = set()  # tools whose lengths were dropped
-        grammars.prefetch(tool.grammar for tool in spec.tools)
+        grammars.prefetch(
+            [*(tool.grammar for tool in spec.tools)]
+            + ([self._reply.grammar] if self._reply is not None else [])
+        )
 
         # A bare ``<|tool_call_begin|>`` (no section wrapper) opens an
         # implicit section: the parser recovers such calls, so it is allowed.
@@ -172,6 +182,10 @@ class RequestEnforcer:
         ``bitmask_row`` (int32 words, all ones) is filled for ARGS.
         """
         m, phase = self._m, self.phase
+        if self.needs_fill:
+            assert bitmask_row is not None, f"{phase.value} needs a bitmask row"
+            self.fill_grammar(bitmask_row)
+            return self.directive_filled(bitmask_row)
         if phase is Phase.TEXT:
             first = self.tokens == 0 and self._may_think
             if self._forced:
@@ -199,19 +213,27 @@ class RequestEnforcer:
                 self.stop("empty: no token continues the call header")
                 return None
             return Only(tuple(allowed))
-        if phase is Phase.ARGS:
-            assert bitmask_row is not None, "ARGS needs a bitmask row"
-            self.fill_grammar(bitmask_row)
-            return self.directive_filled(bitmask_row)
         return None
 
+    @property
+    def needs_fill(self) -> bool:
+        """Whether the next directive starts from a grammar's bitmask (ARGS,
+        REPLY, and TEXT where the JSON reply is about to open)."""
+        return self.phase in (Phase.ARGS, Phase.REPLY) or self._reply_opens
+
+    @property
+    def _reply_opens(self) -> bool:
+        # With a reply, TEXT never holds free text: it is the reply's start.
+        return self._reply is not None and self.phase is Phase.TEXT
+
     def fill_matcher(self) -> xgr.GrammarMatcher:
-        """In ARGS: the matcher whose bitmask the next directive starts from.
+        """Where :attr:`needs_fill`: the matcher whose bitmask the next
+        directive starts from.
 
         A caller batching many requests fills their rows at once (xgrammar's
         ``BatchGrammarMatcher``), then calls :meth:`directive_filled`.
         """
-        assert self.phase is Phase.ARGS
+        assert self.needs_fill
         return self._ensure_matcher()
 
     def fill_grammar(self, bitmask_row: np.ndarray) -> None:
@@ -221,9 +243,20 @@ class RequestEnforcer:
         self.fill_matcher().fill_next_token_bitmask(_as_torch(bitmask_row))
 
     def directive_filled(self, bitmask_row: np.ndarray) -> Directive:
-        """In ARGS, ``bitmask_row`` holding :meth:`fill_matcher`'s bitmask:
-        narrow it with the masks beyond the grammar; the directive."""
-        if not self._args_mask(bitmask_row):
+        """Where :attr:`needs_fill`, ``bitmask_row`` holding
+        :meth:`fill_matcher`'s bitmask: narrow it with the masks beyond the
+        grammar; the directive."""
+        ok = self._args_mask(bitmask_row)
+        if self._reply_opens:
+            m = self._m
+            others = [m.section_begin, m.call_begin] if self._by_name else []
+            if self.tokens == 0 and self._may_think and m.think_begin is not None:
+                others.append(m.think_begin)
+            words = bitmask_row.view(np.uint32)
+            for token in others:
+                words[token >> 5] |= np.uint32(1 << (token & 31))
+            ok = ok or bool(others)
+        if not ok:
             bitmask_row[:] = -1
             self.stop("empty: the argument grammar allows no token")
             return None
@@ -238,12 +271,24 @@ class RequestEnforcer:
         idx = self.spec.first_index + self.calls
         return [make_tool_call_id(name, idx).encode() for name in self._by_name]
 
+    def _json_grammar(self) -> ToolGrammar:
+        """The grammar being written: the call's, or else the reply's."""
+        if self._tool is not None:
+            return self._by_name[self._tool]
+        assert self._reply is not None
+        return self._reply
+
     def _args_mask(self, row: np.ndarray) -> bool:
         """Narrow the grammar's ``row``; False when no token is left."""
-        row &= self._table.special_clear_words
+        replying = self._tool is None
+        row &= (
+            self._table.reply_clear_words
+            if replying
+            else self._table.special_clear_words
+        )
         self._narrowed = None
         cursor = self._cursor
-        tool = self._by_name[self._tool] if self._tool else None
+        tool = self._json_grammar()
         bounded = cursor is not None and tool is not None and self._bounded(tool)
         blanks = cursor is not None and cursor.blank_run >= MAX_BLANK_RUN
         if not (bounded or blanks):
@@ -355,8 +400,8 @@ class RequestEnforcer:
 
     def _ensure_matcher(self) -> xgr.GrammarMatcher:
         if self._matcher is None:
-            assert self._tool is not None
-            self._matcher = self._store.matcher(self._by_name[self._tool].grammar)
+            stops = self._m.stops if self._tool is None else None
+            self._matcher = self._store.matcher(self._json_grammar().grammar, stops)
             self._cursor = JsonCursor()
         return self._matcher
 
@@ -381,8 +426,10 @@ class RequestEnforcer:
         m = self._m
         if self.phase is Phase.HEADER:
             return self._advance_header(token)
-        if self.phase is Phase.ARGS:
+        if self.phase in (Phase.ARGS, Phase.REPLY):
             return self._advance_args(token)
+        if self._reply_opens:
+            return self._open_reply(token)
         # Every other phase allows a fixed list: the directive is the rule.
         directive = self.directive()
         if isinstance(directive, Ban) and token in directive.ids:
@@ -424,15 +471,39 @@ class RequestEnforcer:
         self._header = grown
         return True
 
+    def _open_reply(self, token: int) -> bool:
+        """TEXT with a reply: the section (or thinking) opens, or the JSON."""
+        m = self._m
+        opens_section = token in (m.section_begin, m.call_begin) and self._by_name
+        opens_think = token == m.think_begin and self.tokens == 0 and self._may_think
+        if opens_section or opens_think:
+            self._matcher = self._cursor = None
+            self._narrowed = None
+            if token == m.section_begin:
+                self.phase = Phase.SECTION
+            elif token == m.call_begin:
+                self._implicit = True
+                self._header = b""
+                self.phase = Phase.HEADER
+            else:
+                self.phase = Phase.THINK
+            return True
+        self.phase = Phase.REPLY
+        return self._advance_args(token)
+
     def _advance_args(self, token: int) -> bool:
-        if token != self._m.call_end and token in self._table.special_ids:
+        ends = (self._m.call_end,) if self.phase is Phase.ARGS else self._m.stops
+        if token not in ends and token in self._table.special_ids:
             return False  # xgrammar reads markers as text; they never are
         narrowed, self._narrowed = self._narrowed, None
         if narrowed is not None and not _has_bit(narrowed, token):
             return False
         if not self._ensure_matcher().accept_token(token):
             return False
-        if token == self._m.call_end:
+        if self.phase is Phase.REPLY and token in ends:
+            self.phase = Phase.AFTER
+            self._matcher = self._cursor = None
+        elif token == self._m.call_end:
             self.calls += 1
             self.phase = Phase.BETWEEN
             self._matcher = None

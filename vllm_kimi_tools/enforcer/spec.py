@@ -20,7 +20,11 @@ tools, ``tool_choice`` and history are known) and puts it in the request's
 ``grammar`` is the JSON Schema text to compile; ``lengths`` the schema whose
 string length bounds the Enforcer applies itself (null when there are none);
 ``exact`` false where the grammar is looser than the tool's schema (a call
-may fail ``jsonschema``: the API server should validate it).
+may fail ``jsonschema``: the API server should validate it). ``reply``
+(absent unless the request has a JSON ``response_format``): the same for the
+reply's text, which is then either that JSON or tool calls::
+
+        "reply": {"name": "", "grammar": "{...}", "lengths": null, "exact": true}
 """
 
 from __future__ import annotations
@@ -54,29 +58,22 @@ class EnforcerSpec:
     first_index: int = 0
     choice: str = AUTO  # auto | required | named
     parallel: bool = True
+    reply: ToolGrammar | None = None  # the text's JSON (response_format)
 
     def names(self) -> list[str]:
         return [tool.name for tool in self.tools]
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "v": SPEC_VERSION,
-                "first_index": self.first_index,
-                "choice": self.choice,
-                "parallel": self.parallel,
-                "tools": [
-                    {
-                        "name": t.name,
-                        "grammar": t.grammar,
-                        "lengths": t.lengths,
-                        "exact": t.exact,
-                    }
-                    for t in self.tools
-                ],
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "v": SPEC_VERSION,
+            "first_index": self.first_index,
+            "choice": self.choice,
+            "parallel": self.parallel,
+            "tools": [_grammar_json(t) for t in self.tools],
+        }
+        if self.reply is not None:
+            data["reply"] = _grammar_json(self.reply)
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> EnforcerSpec:
@@ -93,23 +90,8 @@ class EnforcerSpec:
         # Empty: tools were declared but none can be called in this request.
         if not isinstance(raw, list):
             raise ValueError("enforcer spec without a tools list")
-        tools = []
-        for t in raw:
-            if not (
-                isinstance(t, dict)
-                and isinstance(t.get("name"), str)
-                and isinstance(t.get("grammar"), str)
-                and isinstance(t.get("lengths"), dict | None)
-            ):
-                raise ValueError("enforcer spec: malformed tool entry")
-            tools.append(
-                ToolGrammar(
-                    t["name"],
-                    t["grammar"],
-                    t.get("lengths"),
-                    t.get("exact") is not False,
-                )
-            )
+        tools = [_grammar_from(t) for t in raw]
+        reply = data.get("reply")
         choice = data.get("choice", AUTO)
         if choice not in (AUTO, REQUIRED, NAMED):
             raise ValueError(f"unknown tool choice {choice!r}")
@@ -121,7 +103,30 @@ class EnforcerSpec:
             first_index=first,
             choice=choice,
             parallel=bool(data.get("parallel", True)),
+            reply=None if reply is None else _grammar_from(reply),
         )
+
+
+def _grammar_json(t: ToolGrammar) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "grammar": t.grammar,
+        "lengths": t.lengths,
+        "exact": t.exact,
+    }
+
+
+def _grammar_from(t: Any) -> ToolGrammar:
+    if not (
+        isinstance(t, dict)
+        and isinstance(t.get("name"), str)
+        and isinstance(t.get("grammar"), str)
+        and isinstance(t.get("lengths"), dict | None)
+    ):
+        raise ValueError("enforcer spec: malformed tool entry")
+    return ToolGrammar(
+        t["name"], t["grammar"], t.get("lengths"), t.get("exact") is not False
+    )
 
 
 def opted_out(value: Any) -> bool:

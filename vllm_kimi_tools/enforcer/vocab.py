@@ -93,6 +93,10 @@ class TokenTable:
         bits = np.ones(n_words * 32, dtype=bool)
         bits[list(self.special_ids - {self.markers.call_end})] = False
         self._special_clear = np.packbits(bits, bitorder="little").view(np.int32)
+        # ... and every special id but the turn's ends (a JSON reply's end).
+        bits = np.ones(n_words * 32, dtype=bool)
+        bits[list(self.special_ids - set(self.markers.stops))] = False
+        self._reply_clear = np.packbits(bits, bitorder="little").view(np.int32)
         # AND-mask words that clear tokens starting with whitespace.
         bits = np.ones(n_words * 32, dtype=bool)
         blank = [i for i, b in enumerate(self.token_bytes) if b and b[0] in BLANKS]
@@ -119,6 +123,10 @@ class TokenTable:
     @property
     def special_clear_words(self) -> np.ndarray:
         return self._special_clear
+
+    @property
+    def reply_clear_words(self) -> np.ndarray:
+        return self._reply_clear
 
     @property
     def no_blank_start_words(self) -> np.ndarray:

@@ -123,6 +123,10 @@ def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> N
     if loose:
         metrics.inc(metrics.LOOSE_TOOLS_TOTAL, len(loose))
     request.vllm_xargs = {**(request.vllm_xargs or {}), SPEC_KEY: spec.to_json()}
+    if spec.reply is not None:
+        # The Enforcer shapes the reply (JSON, or the calls instead): vLLM's
+        # own JSON grammar would forbid the calls.
+        request.response_format = None
 
 
 class KimiK2RobustToolParser(ToolParser):
