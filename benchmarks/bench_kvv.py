@@ -14,10 +14,12 @@ each, in its own environment (``scripts/setup_kvv.sh``); every failure is
 put to a cause and a category (``kimi_testbed.kvv.RULES``).
 
 Prints the table; with ``--out DIR`` writes ``kvv_verifier.{json,md}``
-(``--render JSON`` redoes the table from a saved result). Usage::
+(``--render JSON`` redoes the table from a saved result; ``--merge JSON``
+keeps a saved result's runs for what this run does not redo). Usage::
 
     python benchmarks/bench_kvv.py [--configs a,b] [--modes lazy,cooperative]
-        [--suites s1,s2] [--max-cases N] [--out DIR]
+        [--suites s1,s2] [--max-cases N] [--reuse [--no-run]]
+        [--merge SAVED.json] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,8 +53,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for config in args.configs:
         for mode in args.modes:
             start = time.perf_counter()
-            with kvv.start_server(config, mode, model, cache / "logs") as server:
+            suites = list(args.suites)
+            if args.reuse:  # the outcomes an earlier run left, read back
                 for suite in args.suites:
+                    xml = out_dir / f"{config}-{mode}" / f"{suite}.xml"
+                    if xml.exists():
+                        suites.remove(suite)
+                        outcomes = kvv.read_junit(xml)
+                        runs.append(_run(config, mode, suite, None, outcomes))
+            if not suites or args.no_run:
+                continue
+            with kvv.start_server(config, mode, model, cache / "logs") as server:
+                for suite in suites:
                     extra = ["-n", "4"] if suite.startswith("tool_call") else []
                     if args.max_cases and suite.startswith("tool_call"):
                         extra += ["--max-cases", str(args.max_cases)]
@@ -64,15 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         out_dir / f"{config}-{mode}",
                         extra=extra,
                     )
-                    runs.append(
-                        {
-                            "config": config,
-                            "mode": mode,
-                            "suite": suite,
-                            "wall_s": round(time.perf_counter() - t, 1),
-                            "outcomes": kvv.as_dicts(outcomes),
-                        }
-                    )
+                    wall = round(time.perf_counter() - t, 1)
+                    runs.append(_run(config, mode, suite, wall, outcomes))
                     print(
                         f"{config:14} {mode:12} {suite:32} {kvv.tally(outcomes)}",
                         flush=True,
@@ -89,6 +94,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "extra_args": {c: kvv.EXTRA_ARGS.get(c, []) for c in args.configs},
         "runs": runs,
     }
+
+
+def _run(
+    config: str, mode: str, suite: str, wall: float | None, outcomes: list
+) -> dict[str, Any]:
+    return {
+        "config": config,
+        "mode": mode,
+        "suite": suite,
+        "wall_s": wall,
+        "outcomes": kvv.as_dicts(outcomes),
+    }
+
+
+def merge(result: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Keep the saved runs this run did not redo (in place), in saved order."""
+    redone = {(r["config"], r["mode"], r["suite"]) for r in result["runs"]}
+    kept = [
+        r for r in saved["runs"] if (r["config"], r["mode"], r["suite"]) not in redone
+    ]
+    result["runs"] = kept + result["runs"]
+    result["configs"] = {**saved["configs"], **result["configs"]}
+    result["extra_args"] = {**saved["extra_args"], **result["extra_args"]}
+    order = list(DEFAULT_CONFIGS)
+    result["runs"].sort(
+        key=lambda r: (
+            order.index(r["config"]) if r["config"] in order else len(order),
+            MODES.index(r["mode"]),
+        )
+    )
+    result["configs"] = dict(
+        sorted(
+            result["configs"].items(),
+            key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order),
+        )
+    )
 
 
 def summarize(result: dict[str, Any]) -> None:
@@ -163,6 +204,24 @@ def main() -> int:
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None)
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the outcomes of suites an earlier run finished "
+        "($KIMI_TOOLS_CACHE/kvv/runs) instead of running them again",
+    )
+    ap.add_argument(
+        "--no-run",
+        action="store_true",
+        help="with --reuse: run nothing; suites without outcomes show as -",
+    )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="a saved kvv_verifier.json whose runs stand for the "
+        "configurations, modes and suites this run does not redo",
+    )
     args = ap.parse_args()
     if args.render is not None:
         result = json.loads(args.render.read_text())
@@ -174,6 +233,8 @@ def main() -> int:
         args.modes = args.modes.split(",")
         args.suites = args.suites.split(",")
         result = run(args)
+        if args.merge is not None:
+            merge(result, json.loads(args.merge.read_text()))
     summarize(result)
     save_results(args.out, "kvv_verifier", result, render(result))
     unclassified = sum(
