@@ -323,3 +323,45 @@ def enforcer_walk_to_args(enforcer, store, name: str) -> RequestEnforcer:
 def test_vocab_sized_rows_are_never_empty(tiny_store, tiny_tokenizer):
     enforcer = _value_enforcer(tiny_store, {"type": "object"})
     assert allowed(enforcer, tiny_store.table.vocab_size).any()
+
+
+def test_a_named_tool_jumps_the_compile_queue(tiny_tokenizer) -> None:
+    """A call header that names one tool moves that tool's grammar ahead of a
+    queue held up by another compile, before the arguments need it."""
+    import threading
+    import time
+
+    from vllm_kimi_tools.enforcer.grammars import GrammarStore
+
+    store = GrammarStore.for_hf_tokenizer(tiny_tokenizer, len(tiny_tokenizer))
+    gate, real = threading.Event(), store._compile
+    blocker = json.dumps({"type": "object", "title": "blocker"})
+
+    def compile_(key: str):
+        if key == blocker:
+            assert gate.wait(60)
+        return real(key)
+
+    store._compile = compile_  # type: ignore[method-assign]
+    try:
+        store.prefetch([blocker])
+        tools = {
+            "get_weather": {"type": "object", "properties": {"q": {"type": "string"}}},
+            "search": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        }
+        enforcer = enforcer_for(store, tools)  # both queued behind the blocker
+        key = enforcer._by_name["get_weather"].grammar
+        assert key in store._pending and not store._pending[key].running()
+        time.sleep(0.2)
+        assert key not in store._ready  # still queued
+        head = "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        assert drive(enforcer, tiny_tokenizer, head).ok
+        deadline = time.monotonic() + 60
+        while key not in store._ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert key in store._ready and blocker not in store._ready
+        search = enforcer._by_name["search"].grammar
+        assert search not in store._ready and search not in store._urgent
+    finally:
+        gate.set()
+        store.shutdown()

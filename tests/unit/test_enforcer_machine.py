@@ -308,3 +308,51 @@ def test_the_reply_ends_only_once_complete(tiny_store, tiny_tokenizer) -> None:
     assert allowed(enforcer, vocab)[im_end]
     assert drive(enforcer, tiny_tokenizer, "<|im_end|>").ok
     assert enforcer.phase is Phase.AFTER
+
+
+TEXT, THINK = Phase.TEXT, Phase.THINK
+
+
+@pytest.mark.parametrize(
+    ("start", "text", "kw", "steady"),
+    [
+        (
+            OutputStart.TEXT,
+            "<think>hm a</think>ok" + section(call("search", 0, "{}")),
+            {},
+            {TEXT, THINK},
+        ),
+        (OutputStart.TEXT, "plain answer, twice over<|im_end|>", {}, {TEXT}),
+        (
+            THINKING,
+            "thinking</think>then text" + section(call("search", 0, "{}")),
+            {},
+            {TEXT, THINK},
+        ),
+        # forced calls: thinking is steady, the text before the section is not
+        (THINKING, "x</think>" + section(call("search", 0, "{}")), REQ, {THINK}),
+        (OutputStart.TEXT, section(call("get_weather", 0)), NAMED, set()),
+        # a JSON reply: the text is a grammar's
+        (OutputStart.TEXT, '{"answer": 4}<|im_end|>', {"reply": REPLY}, set()),
+    ],
+)
+def test_the_steady_ban_is_the_directive_where_it_is_given(
+    tiny_store, tiny_tokenizer, start, text, kw, steady
+) -> None:
+    """The batch's fast path: wherever ``steady_ban`` is set it is exactly the
+    directive, and an ordinary token taken there changes nothing else."""
+    enforcer = enforcer_for(tiny_store, TOOLS, start=start, **kw)
+    special = tiny_store.table.special_ids
+    seen = set()
+    for token in tiny_tokenizer.encode(text, add_special_tokens=False):
+        row = np.full((tiny_store.table.vocab_size + 31) // 32, -1, np.int32)
+        ban, phase = enforcer.steady_ban, enforcer.phase
+        if ban is not None:
+            seen.add(phase)
+            assert ban == enforcer.directive(row), phase
+        assert enforcer.accept(token), enforcer.off_reason
+        if ban is not None and token not in special:
+            assert enforcer.phase is phase
+            assert enforcer.steady_ban == ban or enforcer.tokens == 1
+    assert enforcer.phase is not Phase.OFF
+    assert seen == steady

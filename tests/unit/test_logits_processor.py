@@ -571,6 +571,73 @@ def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
     assert allowed_count(sparse) == 96 <= SPARSE_ROW_MAX
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_filled_rows_are_routed_and_applied_together(contiguous: bool) -> None:
+    """Filled bitmask rows, routed in one pass: sparse rows become keep-lists
+    (their bitmask reset), dense ones go to the kernel; the logits come out
+    as masking each row by its own bits would leave them."""
+    from vllm_kimi_tools.enforcer.machine import FILLED, Ban, Only
+    from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan
+
+    rng = np.random.default_rng(0)
+    width = V // 32
+    bitmask = np.full((6, width), -1, dtype=np.int32)
+    bitmask[1] = 0
+    bitmask[1, [0, 7, width - 1]] = [-1, -(1 << 31), 5]  # 32 + 1 + 2 tokens
+    bitmask[2, : width // 2] = 0  # half the vocabulary: dense
+    bitmask[4] = 0
+    bitmask[4, 3] = 1 << 9  # one token
+    expected = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")
+    filled = (1, 2, 4) if contiguous else (1, 4)  # xgrammar's kernel: contiguous
+    if not contiguous:
+        bitmask[2] = -1
+    plan = MaskPlan()
+    plan.add(0, Ban((5, 6)))
+    for row in filled:
+        plan.add(row, FILLED)
+    plan.add(3, Only((11, 12)))
+    plan.finish(bitmask)
+    assert plan.dense_rows == ([2] if contiguous else [])
+    assert sorted(plan.keep_rows) == [1, 3, 4]
+    assert (bitmask[[1, 4]] == -1).all()
+    assert (bitmask[2] == -1).all() is not contiguous
+    values = rng.standard_normal((6, V)).astype(np.float32)
+    logits = torch.from_numpy(values if contiguous else values.T.copy().T)
+    assert logits.is_contiguous() is contiguous
+    before = logits.clone()
+    apply_plan(logits, plan, bitmask)
+    assert (bitmask == -1).all()  # every row reset for the next step
+    for row in filled:
+        keep = expected[row].astype(bool)
+        assert torch.equal(logits[row, keep], before[row, keep]), row
+        assert torch.isneginf(logits[row, ~keep]).all()
+    assert int((~torch.isneginf(logits[1])).sum()) == 35
+    if not contiguous:
+        assert torch.equal(logits[2], before[2])
+    assert torch.isneginf(logits[0, [5, 6]]).all()
+    assert int(torch.isneginf(logits[0]).sum()) == 2
+    assert (~torch.isneginf(logits[3])).nonzero().flatten().tolist() == [11, 12]
+    assert torch.equal(logits[5], before[5])
+
+
+def test_header_continuations_are_shared_and_bounded(
+    grammar_store, monkeypatch
+) -> None:
+    from vllm_kimi_tools.enforcer import vocab
+
+    table = grammar_store.table
+    targets = (b"functions.get_weather:0", b"functions.search:0")
+    first = table.continuations(b"functions.", targets)
+    assert first == table._continue(b"functions.", targets) and first
+    assert table.continuations(b"functions.", list(targets)) is first  # memo
+    monkeypatch.setattr(vocab, "CONTINUATIONS_CACHE", 2)
+    monkeypatch.setattr(table, "_continuations", {})
+    for written in (b"", b"f", b"fu", b"fun"):
+        got = table.continuations(written, targets)
+        assert got == table._continue(written, targets)
+        assert len(table._continuations) <= 2
+
+
 ARGS_OPEN = (
     "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
     "<|tool_call_argument_begin|>"

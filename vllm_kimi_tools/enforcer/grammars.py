@@ -8,7 +8,9 @@ compiled grammar is cached, so another request with an overlapping tool set
 pays nothing. xgrammar releases the GIL while it compiles, so decoding goes
 on. The cache is bounded (``KIMI_TOOLS_GRAMMAR_CACHE_MB``, default 512).
 
-A call that reaches its arguments before its grammar is ready waits for it,
+A call whose header names its tool moves that grammar ahead of the queue
+(:meth:`GrammarStore.hurry`, a second thread); a call that reaches its
+arguments before its grammar is ready waits for it,
 at most ``KIMI_TOOLS_COMPILE_WAIT_S`` seconds (default 5); then
 :class:`GrammarNotReady` is raised (the Enforcer stands down for that
 request) and later requests do not wait for that grammar until it is ready.
@@ -132,13 +134,7 @@ class GrammarStore:
                 return grammar
             if key in self.failed:
                 return self.any_object
-            future = self._pending.get(key)
-            if future is None or not (future.running() or future.done()):
-                # Not started (queued behind others): compile it now, aside.
-                future = self._urgent.get(key)
-                if future is None:
-                    future = self._urgent_pool.submit(self._compile_and_store, key)
-                    self._urgent[key] = future
+            future = self._hurry_locked(key)
             slow = key in self._slow
         timeout = 0.0 if slow else self.wait_s if wait_s is None else wait_s
         start = time.perf_counter()
@@ -158,6 +154,23 @@ class GrammarStore:
                 self.stats.waits += 1
                 self.stats.wait_seconds += time.perf_counter() - start
         return grammar
+
+    def hurry(self, key: str) -> None:
+        """A grammar about to be needed (its call's header is being written):
+        if it is still queued behind others, compile it now, aside."""
+        with self._lock:
+            if key not in self._ready and key not in self.failed:
+                self._hurry_locked(key)
+
+    def _hurry_locked(self, key: str) -> Future[xgr.CompiledGrammar]:
+        future = self._pending.get(key)
+        if future is None or not (future.running() or future.done()):
+            # Not started (queued behind others): compile it now, aside.
+            future = self._urgent.get(key)
+            if future is None:
+                future = self._urgent_pool.submit(self._compile_and_store, key)
+                self._urgent[key] = future
+        return future
 
     def _compile_and_store(self, key: str) -> xgr.CompiledGrammar:
         with self._lock:

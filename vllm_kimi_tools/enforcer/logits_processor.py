@@ -304,9 +304,17 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
         bitmask = self._bitmask
         plan = MaskPlan()
+        bans = plan.bans
         active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
         for row, req in rows:
+            # Free text and thinking: a ban list an earlier row of this step
+            # already checked, so the row only joins it.
+            ban = req.enforcer.steady_ban if req.enforcer is not None else None
+            if ban is not None and (same := bans.get(ban.ids)) is not None:
+                same.append(row)
+                active.append((row, req))
+                continue
             enforcer = self._plan_row(plan, active, bitmask, row, req)
             if enforcer is not None:  # in its arguments: filled below, batched
                 filling.append((row, req, enforcer))
@@ -315,6 +323,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if not active:
             return
         try:
+            plan.finish(bitmask)
             self._apply(logits, active, plan)
         except Exception as e:  # never an engine error, never an empty row
             bitmask[:] = -1
@@ -348,7 +357,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 directive = enforcer.directive()
             directive = self._directive(req, enforcer, directive, bitmask[row])
             if directive is not None:
-                plan.add(row, directive, bitmask[row])
+                plan.add(row, directive)
                 active.append((row, req))
         except Exception as e:  # contained to this request
             bitmask[row] = -1
@@ -636,6 +645,7 @@ class _Off:
 
     phase = Phase.OFF
     off_reason = "unavailable"
+    steady_ban = None
 
     def stop(self, reason: str) -> None:
         pass

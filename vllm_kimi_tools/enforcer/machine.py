@@ -143,6 +143,9 @@ class RequestEnforcer:
         self._may_think = start is OutputStart.TEXT
         self._implicit = False  # the section began with a bare call
         self._header = b""
+        self._targets: tuple[int, tuple[bytes, ...]] | None = None  # (idx, ids)
+        self._hurried: bytes | None = None  # the header whose grammar was hurried
+        self._special = self._table.special_ids
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
@@ -186,14 +189,13 @@ class RequestEnforcer:
             assert bitmask_row is not None, f"{phase.value} needs a bitmask row"
             self.fill_grammar(bitmask_row)
             return self.directive_filled(bitmask_row)
-        if phase is Phase.TEXT:
+        ban = self.steady_ban
+        if ban is not None:
+            return ban
+        if phase is Phase.TEXT:  # forced: the section opens (or thinking)
             first = self.tokens == 0 and self._may_think
-            if self._forced:
-                think = (m.think_begin,) if first and m.think_begin else ()
-                return Only((m.section_begin, *think))
-            return self._ban_text_first if first else self._ban_text
-        if phase is Phase.THINK:
-            return self._ban_think_forced if self._forced else self._ban_think
+            think = (m.think_begin,) if first and m.think_begin else ()
+            return Only((m.section_begin, *think))
         if phase is Phase.SECTION:
             return Only((m.call_begin,))
         if phase is Phase.BETWEEN:
@@ -208,11 +210,27 @@ class RequestEnforcer:
             targets = self._header_targets()
             allowed = self._table.continuations(self._header, targets)
             if self._header in targets:
-                allowed.append(m.argument_begin)
+                allowed = (*allowed, m.argument_begin)
             if not allowed:
                 self.stop("empty: no token continues the call header")
                 return None
-            return Only(tuple(allowed))
+            return Only(allowed)
+        return None
+
+    @property
+    def steady_ban(self) -> Ban | None:
+        """The directive where it is a ban of a few markers that no ordinary
+        (non-special) token changes: free text and thinking. None elsewhere.
+
+        A batch reads it instead of :meth:`directive`, and :meth:`accept`
+        takes an ordinary token here without any other work.
+        """
+        phase = self.phase
+        if phase is Phase.THINK:
+            return self._ban_think_forced if self._forced else self._ban_think
+        if phase is Phase.TEXT and not self._forced and self._reply is None:
+            first = self.tokens == 0 and self._may_think
+            return self._ban_text_first if first else self._ban_text
         return None
 
     @property
@@ -267,9 +285,12 @@ class RequestEnforcer:
         """The tool whose arguments are being written (None elsewhere)."""
         return self._tool
 
-    def _header_targets(self) -> list[bytes]:
+    def _header_targets(self) -> tuple[bytes, ...]:
         idx = self.spec.first_index + self.calls
-        return [make_tool_call_id(name, idx).encode() for name in self._by_name]
+        if self._targets is None or self._targets[0] != idx:
+            ids = tuple(make_tool_call_id(name, idx).encode() for name in self._by_name)
+            self._targets = (idx, ids)
+        return self._targets[1]
 
     def _json_grammar(self) -> ToolGrammar:
         """The grammar being written: the call's, or else the reply's."""
@@ -411,6 +432,9 @@ class RequestEnforcer:
         """Advance on a sampled token. False (and OFF) if it was not allowed."""
         if self.phase is Phase.OFF:
             return True
+        if token not in self._special and self.steady_ban is not None:
+            self.tokens += 1  # ordinary text: nothing changes
+            return True
         ok = self._advance(token)
         self.tokens += 1
         if not ok:
@@ -466,8 +490,15 @@ class RequestEnforcer:
             return False
         data = self._table.token_bytes[token]
         grown = self._header + data
-        if not data or not any(t.startswith(grown) for t in targets):
+        named = [t for t in targets if t.startswith(grown)]
+        if not data or not named:
             return False
+        if len(named) == 1 and named[0] != self._hurried:
+            # The header now names one tool: its grammar jumps the queue.
+            self._hurried = named[0]
+            parts = split_canonical_id(named[0].decode())
+            if parts is not None:
+                self._store.hurry(self._by_name[parts[0]].grammar)
         self._header = grown
         return True
 

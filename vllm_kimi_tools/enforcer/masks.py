@@ -35,14 +35,18 @@ def allowed_count(words: np.ndarray) -> int:
     return int(np.bitwise_count(words.view(np.uint32)).sum())
 
 
-def set_bits(words: np.ndarray) -> np.ndarray:
-    """Indices of the set bits of an int32 bitmask row (sparse rows)."""
-    nonzero = np.flatnonzero(words)
+def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The set bits of int32 bitmask rows (2-D): (row of each, its token id),
+    in row order."""
+    flat = np.flatnonzero(words)  # 1-D: several times faster than 2-D
     bits = np.unpackbits(
-        words[nonzero].view(np.uint8).reshape(-1, 4), axis=1, bitorder="little"
+        words.reshape(-1)[flat].view(np.uint8).reshape(-1, 4),
+        axis=1,
+        bitorder="little",
     )
-    word, bit = np.nonzero(bits)
-    return nonzero[word] * 32 + bit
+    which, bit = np.nonzero(bits)
+    rows, word = np.divmod(flat[which], words.shape[1])
+    return rows, word * 32 + bit
 
 
 @dataclass
@@ -53,22 +57,39 @@ class MaskPlan:
     # in free text are banned with one scatter per tuple.
     bans: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     keep_rows: list[int] = field(default_factory=list)
-    keep_ids: list[np.ndarray] = field(default_factory=list)  # per keep row
+    keep_sel: list[np.ndarray] = field(default_factory=list)  # row of each id
+    keep_ids: list[np.ndarray] = field(default_factory=list)
+    filled: list[int] = field(default_factory=list)  # until finish()
     dense_rows: list[int] = field(default_factory=list)  # rows of the bitmask
 
-    def add(self, row: int, directive: Ban | Only | Fill, words: np.ndarray) -> None:
-        """Add ``row``'s directive; ``words``: its bitmask row (for Fill)."""
+    def add(self, row: int, directive: Ban | Only | Fill) -> None:
+        """Add ``row``'s directive (Fill: its bitmask row is filled)."""
         if isinstance(directive, Ban):
             self.bans.setdefault(directive.ids, []).append(row)
         elif isinstance(directive, Only):
+            ids = np.array(directive.ids, dtype=np.int64)
             self.keep_rows.append(row)
-            self.keep_ids.append(np.array(directive.ids, dtype=np.int64))
-        elif allowed_count(words) <= SPARSE_ROW_MAX:
-            self.keep_rows.append(row)
-            self.keep_ids.append(set_bits(words))
-            words[:] = -1
+            self.keep_sel.append(np.full(len(ids), row, dtype=np.int64))
+            self.keep_ids.append(ids)
         else:
-            self.dense_rows.append(row)
+            self.filled.append(row)
+
+    def finish(self, bitmask: np.ndarray) -> None:
+        """Route the filled rows, all at once: a sparse row becomes a
+        keep-list (its bitmask row reset), the others go to the kernel."""
+        if not self.filled:
+            return
+        rows = np.array(self.filled, dtype=np.int64)
+        self.filled = []
+        counts = np.bitwise_count(bitmask[rows].view(np.uint32)).sum(axis=1)
+        sparse = rows[counts <= SPARSE_ROW_MAX]
+        self.dense_rows.extend(rows[counts > SPARSE_ROW_MAX].tolist())
+        if len(sparse):
+            which, ids = set_bits(bitmask[sparse])
+            self.keep_rows.extend(sparse.tolist())
+            self.keep_sel.append(sparse[which])
+            self.keep_ids.append(ids)
+            bitmask[sparse] = -1
 
     @property
     def narrowed_rows(self) -> list[int]:
@@ -77,9 +98,12 @@ class MaskPlan:
 
 
 def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> None:
-    """Apply ``plan`` to ``logits`` in place; resets the dense bitmask rows.
+    """Apply ``plan`` (finished) to ``logits`` in place; resets the dense
+    bitmask rows.
 
     ``bitmask``: int32 words, one row per logits row (others all ones).
+    Dense rows go through xgrammar's kernel, which needs contiguous
+    ``logits`` (vLLM's are).
     """
     device = logits.device
     for ids, rows in plan.bans.items():
@@ -88,12 +112,20 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
             torch.tensor(ids, device=device),
         ] = float("-inf")
     if plan.keep_rows:
-        counts = [len(ids) for ids in plan.keep_ids]
-        sel = _to(np.repeat(np.array(plan.keep_rows, dtype=np.int64), counts), device)
-        ids = _to(np.concatenate(plan.keep_ids), device)
-        kept = logits[sel, ids]
-        logits[_to(np.array(plan.keep_rows, dtype=np.int64), device)] = float("-inf")
-        logits[sel, ids] = kept
+        # Keep-lists: gather the kept logits, fill the rows, put them back;
+        # by flat index (one-dimensional gathers and copies are several times
+        # faster than two-dimensional advanced indexing).
+        sel, ids = np.concatenate(plan.keep_sel), np.concatenate(plan.keep_ids)
+        if logits.is_contiguous():
+            flat, where = logits.view(-1), _to(sel * logits.shape[1] + ids, device)
+            kept = flat.index_select(0, where)
+            _fill_rows(logits, plan.keep_rows)
+            flat.index_copy_(0, where, kept)
+        else:
+            sel_t, ids_t = _to(sel, device), _to(ids, device)
+            kept = logits[sel_t, ids_t]
+            _fill_rows(logits, plan.keep_rows)
+            logits[sel_t, ids_t] = kept
     if plan.dense_rows:
         import xgrammar as xgr
 
@@ -108,6 +140,19 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
             else torch.tensor(plan.dense_rows, device=device, dtype=torch.int32),
         )
         bitmask[plan.dense_rows] = -1
+
+
+def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
+    """``logits[rows] = -inf``: one row at a time on CPU (about twice as fast
+    as an indexed fill there), one indexed fill elsewhere (one kernel)."""
+    if logits.device.type == "cpu":
+        for row in rows:
+            logits[row].fill_(float("-inf"))
+    else:
+        where = torch.tensor(rows, dtype=torch.int64).to(
+            logits.device, non_blocking=True
+        )
+        logits.index_fill_(0, where, float("-inf"))
 
 
 def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:

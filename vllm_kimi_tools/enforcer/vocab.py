@@ -70,6 +70,10 @@ class Markers:
         return (self.call_begin, self.argument_begin, self.call_end, self.section_end)
 
 
+# Memoised call-header continuations kept at most (then the memo starts over).
+CONTINUATIONS_CACHE = 65536
+
+
 @dataclass
 class TokenTable:
     token_bytes: Sequence[bytes]
@@ -80,6 +84,10 @@ class TokenTable:
     _no_blank_start: np.ndarray = field(init=False, repr=False)
     _lengths: LengthMasks | None = field(default=None, init=False, repr=False)
     _quotes: QuoteMasks | None = field(default=None, init=False, repr=False)
+    # Call-header continuations by (written, targets), shared by requests.
+    _continuations: dict[tuple[bytes, tuple[bytes, ...]], tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         by_bytes: dict[bytes, list[int]] = defaultdict(list)
@@ -144,8 +152,21 @@ class TokenTable:
             self._quotes = QuoteMasks(self.token_bytes)
         return self._quotes
 
-    def continuations(self, written: bytes, targets: Sequence[bytes]) -> list[int]:
-        """Non-special tokens that extend ``written`` towards some target."""
+    def continuations(
+        self, written: bytes, targets: Sequence[bytes]
+    ) -> tuple[int, ...]:
+        """Non-special tokens that extend ``written`` towards some target
+        (sorted; memoised: requests with the same tools share the lists)."""
+        targets = tuple(targets)
+        key = (written, targets)
+        found = self._continuations.get(key)
+        if found is None:
+            if len(self._continuations) >= CONTINUATIONS_CACHE:
+                self._continuations.clear()
+            found = self._continuations[key] = self._continue(written, targets)
+        return found
+
+    def _continue(self, written: bytes, targets: tuple[bytes, ...]) -> tuple[int, ...]:
         out: set[int] = set()
         seen: set[bytes] = set()
         for target in targets:
@@ -158,7 +179,7 @@ class TokenTable:
                     continue
                 seen.add(piece)
                 out.update(self._by_bytes.get(piece, ()))
-        return sorted(out)
+        return tuple(sorted(out))
 
 
 def tokenizer_special_ids(tokenizer: Any, vocab_size: int) -> set[int]:
