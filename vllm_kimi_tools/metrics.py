@@ -14,6 +14,10 @@
   ``budget`` (no call fits the output budget), ``request``, ``error`` (an
   unexpected failure preparing the tools, logged with its traceback; API
   server).
+* ``vllm_kimi_tools:enforcer_unenforced_requests_total{reason}``: requests
+  the Enforcer would constrain but cannot on this server (``speculative``);
+  they get vLLM's own structured output, as with stock ``kimi_k2`` (API
+  server).
 * ``vllm_kimi_tools:enforcer_requests_total``, ``..._blocked_tokens_total``
   (steps where the Enforcer changed the model's first choice; estimated
   from one row in ``KIMI_TOOLS_BLOCKED_SAMPLE``),
@@ -44,6 +48,7 @@ STOOD_DOWN_TOTAL = PREFIX + "enforcer_stood_down_total"
 LENGTH_FALLBACKS_TOTAL = PREFIX + "enforcer_length_fallbacks_total"
 LOOSE_TOOLS_TOTAL = PREFIX + "enforcer_loose_tools_total"
 REFUSED_REQUESTS_TOTAL = PREFIX + "enforcer_refused_requests_total"
+UNENFORCED_REQUESTS_TOTAL = PREFIX + "enforcer_unenforced_requests_total"
 
 _HELP = {
     DROPPED_TOOL_CALLS_TOTAL: (
@@ -71,6 +76,10 @@ _HELP = {
     ),
     REFUSED_REQUESTS_TOTAL: (
         "Requests refused at admission by the Enforcer, by reason.",
+        ["reason"],
+    ),
+    UNENFORCED_REQUESTS_TOTAL: (
+        "Requests the Enforcer cannot constrain on this server, by reason.",
         ["reason"],
     ),
 }

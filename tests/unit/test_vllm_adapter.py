@@ -204,6 +204,50 @@ def test_adjust_request_keeps_special_tokens(parser_cls, tokenizer) -> None:
     assert request.structured_outputs is None
 
 
+def test_where_the_enforcer_cannot_run_the_request_is_constrained_as_stock(
+    parser_cls, tokenizer, monkeypatch
+) -> None:
+    """Speculative decoding (vLLM loads no logits processor): no spec, and
+    vLLM's own structural tag for tool_choice "required", as stock kimi_k2
+    gives it, never less; counted per request."""
+    from types import SimpleNamespace
+
+    from vllm.parser.parser_manager import ParserManager
+
+    from vllm_kimi_tools import metrics
+    from vllm_kimi_tools.chat import hook
+    from vllm_kimi_tools.enforcer.spec import SPEC_KEY
+
+    stock_cls = ParserManager.get_parser(
+        tool_parser_name="kimi_k2", enable_auto_tools=True, tokenizer=tokenizer
+    )
+    stock = stock_cls(tokenizer, [WEATHER_TOOL]).adjust_request(
+        _request(tool_choice="required")
+    )
+    assert stock.structured_outputs.structural_tag
+
+    enforced = parser_cls(tokenizer, [WEATHER_TOOL]).adjust_request(
+        _request(tool_choice="required")
+    )
+    assert enforced.structured_outputs is None and SPEC_KEY in enforced.vllm_xargs
+
+    monkeypatch.setattr(hook, "_unavailable", None)
+    hook.note_config(SimpleNamespace(speculative_config=object()))
+    key = metrics.UNENFORCED_REQUESTS_TOTAL + "{speculative}"
+    before = metrics.counts().get(key, 0)
+    served = parser_cls(tokenizer, [WEATHER_TOOL]).adjust_request(
+        _request(tool_choice="required")
+    )
+    assert SPEC_KEY not in (served.vllm_xargs or {})
+    assert served.structured_outputs == stock.structured_outputs
+    assert metrics.counts()[key] == before + 1
+    # Nothing changes for a request the Enforcer would not constrain anyway.
+    parser_cls(tokenizer, [WEATHER_TOOL]).adjust_request(_request(tool_choice="none"))
+    assert metrics.counts()[key] == before + 1
+    hook.note_config(SimpleNamespace(speculative_config=None))
+    assert hook.enforcer_unavailable() is not None  # read once: the server's
+
+
 def test_responses_request_tools_and_history(tokenizer) -> None:
     from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 

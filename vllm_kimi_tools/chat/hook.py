@@ -13,6 +13,11 @@
 
 A server with another parser never calls :func:`serve`: its chats render
 exactly as stock vLLM renders them.
+
+* :func:`note_config` (from the renderer, which vLLM builds with the
+  server's config): what the engine can do, read once here;
+  :func:`enforcer_unavailable` says why the Enforcer cannot run on this
+  server (speculative decoding: vLLM loads no logits processor then).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ RENDERER = ("vllm_kimi_tools.chat.renderer", "KimiAwareHfRenderer")
 _installed = False
 _problem: str | None = None
 _served = False
+# Why the Enforcer cannot run on this server: (metric label, reason).
+_unavailable: tuple[str, str] | None = None
 
 
 def install() -> None:
@@ -77,3 +84,19 @@ def require() -> None:
             "Use vLLM 0.32.x, or set KIMI_TOOLS_NORMALIZE=0 to serve "
             "without history normalisation."
         )
+
+
+def note_config(config: object) -> None:
+    """Read what the engine can do from the server's ``VllmConfig``."""
+    global _unavailable
+    if getattr(config, "speculative_config", None) is not None:
+        _unavailable = (
+            "speculative",
+            "speculative decoding is on, and vLLM loads no logits processor with it",
+        )
+
+
+def enforcer_unavailable() -> tuple[str, str] | None:
+    """Why the Enforcer cannot run on this server, as (metric label,
+    reason); None: it can."""
+    return _unavailable

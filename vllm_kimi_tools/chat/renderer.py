@@ -130,6 +130,10 @@ class KimiAwareHfRenderer(HfRenderer):
     _kimi_vocab: bool | None = None
     _generation_ids: dict[str, list[int]] | None = None
 
+    def __init__(self, config: Any, tokenizer: Any) -> None:
+        super().__init__(config, tokenizer)
+        hook.note_config(config)
+
     def _generation_prompt_ids(self) -> dict[str, list[int]]:
         if self._generation_ids is None:
             tokenizer = self.get_tokenizer()

@@ -16,6 +16,7 @@ was found, and (c) calls ``finish_streaming`` at the end of a stream.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -178,7 +179,7 @@ class KimiK2RobustToolParser(ToolParser):
         if hasattr(request, "spaces_between_special_tokens"):
             request.spaces_between_special_tokens = False
         # vLLM's caller keeps its own reference: change the request in place.
-        if admission.enforced(request):
+        if _enforcer_runs(request):
             attach_enforcer_spec(request)
         elif SPEC_KEY in (request.vllm_xargs or {}):
             # Only this parser writes the spec: a client's own is not trusted.
@@ -189,8 +190,9 @@ class KimiK2RobustToolParser(ToolParser):
 
     def get_structural_tag(self, request: Any, **kwargs: Any) -> Any:
         # With the Enforcer on, vLLM's own (looser) structural tag stays off:
-        # two grammars on one request could leave no token to sample.
-        if admission.enforced(request):
+        # two grammars on one request could leave no token to sample. Where
+        # the Enforcer cannot run, the tag is vLLM's, as for stock kimi_k2.
+        if admission.enforced(request) and hook.enforcer_unavailable() is None:
             return None
         return super().get_structural_tag(request, **kwargs)
 
@@ -248,6 +250,33 @@ class KimiK2RobustToolParser(ToolParser):
             delta.extend(self._stream.feed(self._stream_text.finish()))
         delta.extend(self._stream.finish())
         return _to_delta_message(delta)
+
+
+def _enforcer_runs(request: Any) -> bool:
+    """Whether the Enforcer constrains ``request``; a request it would but
+    cannot on this server is counted (and the reason logged once)."""
+    if not admission.enforced(request):
+        return False
+    unavailable = hook.enforcer_unavailable()
+    if unavailable is None:
+        return True
+    label, why = unavailable
+    metrics.inc(metrics.UNENFORCED_REQUESTS_TOTAL, 1, label)
+    _warn_unenforced(why)
+    return False
+
+
+@functools.cache
+def _warn_unenforced(why: str) -> None:
+    logger.warning(
+        "%s: the tool Enforcer cannot run on this server (%s); tool calls "
+        "get vLLM's own structured output (--tool-strict-level, "
+        'tool_choice "required" and named), as with stock kimi_k2. Counted '
+        "as %s.",
+        PARSER_NAME,
+        why,
+        metrics.UNENFORCED_REQUESTS_TOTAL,
+    )
 
 
 def _to_delta_message(delta: ParseDelta) -> DeltaMessage | None:
