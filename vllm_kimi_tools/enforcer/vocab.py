@@ -71,7 +71,7 @@ class Markers:
 
 
 # Memoised call-header continuations kept at most (then the memo starts over).
-CONTINUATIONS_CACHE = 65536
+CONTINUATIONS_CACHE = 4096  # a few MB at most
 
 
 @dataclass
