@@ -210,10 +210,25 @@ MOONSHOT_POLICY = "Moonshot-only policy"
 NEEDS_MODEL = "needs the real model"
 NEEDS_K3 = "needs the K3 chat format"
 STAND_IN = "stand-in artefact"
-CATEGORIES = (FIXABLE, NEEDS_VLLM, MOONSHOT_POLICY, NEEDS_MODEL, NEEDS_K3, STAND_IN)
+TEST_BED = "test-bed limit"
+CATEGORIES = (
+    FIXABLE,
+    NEEDS_VLLM,
+    MOONSHOT_POLICY,
+    NEEDS_MODEL,
+    NEEDS_K3,
+    STAND_IN,
+    TEST_BED,
+)
 
 # (test id pattern, message pattern, cause, category): the first match wins.
 RULES: tuple[tuple[str, str, str, str], ...] = (
+    (
+        r"",
+        r"ReadTimeout|timed out",
+        "the verifier's client timed out (a slow answer on two shared cores)",
+        TEST_BED,
+    ),
     (
         r"tool_call_json_schema",
         r"tool schema rejected",
