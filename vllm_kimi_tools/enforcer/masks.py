@@ -38,15 +38,14 @@ def allowed_count(words: np.ndarray) -> int:
 def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The set bits of int32 bitmask rows (2-D): (row of each, its token id),
     in row order."""
-    flat = np.flatnonzero(words)  # 1-D: several times faster than 2-D
-    bits = np.unpackbits(
-        words.reshape(-1)[flat].view(np.uint8).reshape(-1, 4),
-        axis=1,
-        bitorder="little",
-    )
-    which, bit = np.nonzero(bits)
-    rows, word = np.divmod(flat[which], words.shape[1])
-    return rows, word * 32 + bit
+    # One-dimensional scans of booleans: ten times faster than NumPy's
+    # nonzero on int32 or uint8 arrays.
+    flat = np.flatnonzero(words.reshape(-1) != 0)
+    bits = np.unpackbits(words.reshape(-1)[flat].view(np.uint8), bitorder="little")
+    at = np.flatnonzero(bits.view(bool))
+    rows, word = np.divmod(flat, words.shape[1])  # per word, then per bit
+    which = at >> 5
+    return rows[which], word[which] * 32 + (at & 31)
 
 
 @dataclass
