@@ -11,6 +11,8 @@ misbehaving per request.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from vllm.config import ModelConfig, VllmConfig
 from vllm.entrypoints.generate.base.protocol import (
     DeltaFunctionCall,
@@ -86,7 +88,20 @@ def tokenizer_for(vllm_config):  # -> TokenizerLike | None
     return cached_tokenizer_from_config(model_config)
 
 
+def cli_tool_parser(argv: Sequence[str]) -> str | None:
+    """The ``--tool-call-parser`` this process was started with (``vllm
+    serve``'s flag; engine processes inherit the server's command line),
+    None without one."""
+    for i, arg in enumerate(argv):
+        if arg == "--tool-call-parser" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--tool-call-parser="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 __all__ = [
+    "cli_tool_parser",
     "ChatParams",
     "ModelConfig",
     "VllmConfig",

@@ -22,6 +22,13 @@ variable                               default  meaning
                                                 enforced row in N (0: off)
 ``KIMI_TOOLS_LOG_INTERVAL``            10       seconds between the Enforcer's
                                                 log lines
+``KIMI_TOOLS_VOCAB_TABLES``            auto     when the engine builds the
+                                                Enforcer's vocabulary tables:
+                                                ``eager`` (at start-up),
+                                                ``lazy`` (for the first
+                                                enforced request), ``auto``
+                                                (eager where the command line
+                                                selects ``kimi_k2_robust``)
 =====================================  =======  ==============================
 
 Switches take ``1/true/on/yes`` or ``0/false/off/no`` (any case). The names
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
     KIMI_TOOLS_COMPILE_WAIT_S: float = 5.0
     KIMI_TOOLS_BLOCKED_SAMPLE: int = 32
     KIMI_TOOLS_LOG_INTERVAL: float = 10.0
+    KIMI_TOOLS_VOCAB_TABLES: str = "auto"
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -122,6 +130,19 @@ def _number(name: str, kind: type, default: Any, minimum: float) -> Callable[[],
     return read
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[], str]:
+    def read() -> str:
+        source, raw = _raw(name)
+        if raw is None:
+            return choices[0]
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{source}={raw!r}: expected one of {'/'.join(choices)}")
+        return value
+
+    return read
+
+
 environment_variables: dict[str, Callable[[], Any]] = {
     "KIMI_TOOLS_ENFORCER": _switch("KIMI_TOOLS_ENFORCER", True),
     "KIMI_TOOLS_STREAM_ARGUMENTS": _switch("KIMI_TOOLS_STREAM_ARGUMENTS", True),
@@ -130,6 +151,9 @@ environment_variables: dict[str, Callable[[], Any]] = {
     "KIMI_TOOLS_COMPILE_WAIT_S": _number("KIMI_TOOLS_COMPILE_WAIT_S", float, 5.0, 0),
     "KIMI_TOOLS_BLOCKED_SAMPLE": _number("KIMI_TOOLS_BLOCKED_SAMPLE", int, 32, 0),
     "KIMI_TOOLS_LOG_INTERVAL": _number("KIMI_TOOLS_LOG_INTERVAL", float, 10.0, 0),
+    "KIMI_TOOLS_VOCAB_TABLES": _choice(
+        "KIMI_TOOLS_VOCAB_TABLES", ("auto", "eager", "lazy")
+    ),
 }
 
 

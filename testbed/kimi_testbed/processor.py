@@ -24,6 +24,9 @@ class _Ready:
     def __init__(self, store: GrammarStore) -> None:
         self.store, self.problem = store, None
 
+    def start(self) -> None:
+        pass
+
     def get(self) -> GrammarStore:
         return self.store
 

@@ -216,3 +216,22 @@ def test_stock_parser_keeps_calls_valid(stock_server, intention):
     choice = _ask(stock_server, INTENTIONS[intention])
     verdict = check_message(choice["message"], choice["finish_reason"], TOOLS)
     assert verdict.ok, choice
+
+
+def test_vocabulary_tables_only_where_the_parser_is_served(robust_server, stock_server):
+    """The Enforcer's tables (seconds of CPU per engine process) are built on
+    the kimi_k2_robust server at start-up, and never on a stock kimi_k2 one
+    with this package installed."""
+    tool = openai_tool("get_weather", {"type": "object"})
+    body = {
+        "model": "tinykimi",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [tool],
+        "max_tokens": 4,
+    }
+    for server in (robust_server, stock_server):
+        status, _ = server.post("/v1/chat/completions", body)
+        assert status == 200
+    built = "Kimi tool Enforcer: vocabulary tables built"
+    assert built in robust_server.log_path.read_text(errors="replace")
+    assert built not in stock_server.log_path.read_text(errors="replace")

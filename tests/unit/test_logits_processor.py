@@ -763,3 +763,40 @@ def test_a_json_reply_opens_as_json_or_as_the_calls(grammar_store, kimi_tokenize
     assert texts and all(t.lstrip().startswith("{") or not t.strip() for t in texts)
     args = {kimi_tokenizer.decode([t]) for t in finite(logits[1])}
     assert all(t.lstrip().startswith("{") or not t.strip() for t in args), args
+
+
+@pytest.mark.parametrize(
+    ("mode", "argv", "at_start"),
+    [
+        ("auto", ["vllm", "serve", "m", "--tool-call-parser", "kimi_k2_robust"], True),
+        ("auto", ["vllm", "serve", "m", "--tool-call-parser=kimi_k2_robust"], True),
+        ("auto", ["vllm", "serve", "m", "--tool-call-parser", "kimi_k2"], False),
+        ("auto", ["python", "-m", "my_offline_job"], False),
+        ("eager", ["vllm", "serve", "m", "--tool-call-parser", "kimi_k2"], True),
+        ("lazy", ["vllm", "serve", "m", "--tool-call-parser", "kimi_k2_robust"], False),
+    ],
+)
+def test_vocabulary_tables_are_built_only_where_they_are_used(
+    monkeypatch, mode, argv, at_start
+) -> None:
+    """A server that does not serve kimi_k2_robust builds no tables at start-up;
+    the first request that carries a spec starts them wherever they are not."""
+    monkeypatch.setenv("KIMI_TOOLS_VOCAB_TABLES", mode)
+    monkeypatch.setattr("sys.argv", argv)
+    config = SimpleNamespace(
+        model_config=SimpleNamespace(skip_tokenizer_init=True, get_vocab_size=lambda: V)
+    )
+    lp = KimiToolEnforcer(config, torch.device("cpu"), False)
+    assert lp._loader._started is at_start
+    assert lp._new_request(SamplingParams(max_tokens=4)) is None
+    assert lp._loader._started is at_start  # an unenforced request: nothing
+    assert lp._new_request(params()) is not None
+    assert lp._loader._started
+    assert lp._loader.get() is None and lp._loader.problem == "no tokenizer"
+
+
+def test_a_bad_vocabulary_tables_setting_names_the_variable(monkeypatch) -> None:
+    monkeypatch.setenv("KIMI_TOOLS_VOCAB_TABLES", "sometimes")
+    config = SimpleNamespace(model_config=SimpleNamespace(skip_tokenizer_init=True))
+    with pytest.raises(ValueError, match="KIMI_TOOLS_VOCAB_TABLES='sometimes'"):
+        KimiToolEnforcer(config, torch.device("cpu"), False)

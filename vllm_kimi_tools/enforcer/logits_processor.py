@@ -39,6 +39,7 @@ waited for a bounded time (:mod:`.grammars`).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ from vllm_kimi_tools._compat import (
     LogitsProcRequestState,
     V1LogitsProcessor,
     V2LogitsProcessor,
+    cli_tool_parser,
     init_logger,
     process_dict_updates,
     tokenizer_for,
@@ -68,6 +70,7 @@ from vllm_kimi_tools.enforcer.schema_checks import (
     check_shape,
 )
 from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
+from vllm_kimi_tools.names import PARSER_NAME
 
 logger = init_logger(__name__)
 
@@ -122,13 +125,30 @@ class _Request:
 
 
 class _StoreLoader:
-    """Builds the vocabulary tables and grammar compiler off the decode path."""
+    """Builds the vocabulary tables and grammar compiler off the decode path:
+    at start-up where this server serves ``kimi_k2_robust``, else (a server
+    that never enforces need not pay for them) for the first request that
+    carries a spec, which then waits for them once (a few seconds)."""
 
     def __init__(self, vllm_config: Any) -> None:
         self.store: Any = None
         self.problem: str | None = None
         self._done = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
         self._vllm_config = vllm_config
+        mode = envs.KIMI_TOOLS_VOCAB_TABLES
+        if mode == "eager" or (
+            mode == "auto" and cli_tool_parser(sys.argv) == PARSER_NAME
+        ):
+            self.start()
+
+    def start(self) -> None:
+        """Start building, once."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
         threading.Thread(
             target=self._build, name="kimi-enforcer-init", daemon=True
         ).start()
@@ -146,11 +166,16 @@ class _StoreLoader:
                 return
             from vllm_kimi_tools.enforcer.grammars import GrammarStore
 
+            start = time.perf_counter()
             vocab_size = self._vllm_config.model_config.get_vocab_size()
             store = GrammarStore.for_hf_tokenizer(tokenizer, vocab_size)
             store.table.lengths  # noqa: B018 - build the length tables now
             store.table.quotes  # noqa: B018
             self.store = store
+            logger.info(
+                "Kimi tool Enforcer: vocabulary tables built in %.1f s",
+                time.perf_counter() - start,
+            )
         except Exception as e:  # never take the engine down
             self.problem = f"{type(e).__name__}: {e}"
             logger.exception("Kimi tool Enforcer disabled: could not initialise")
@@ -158,6 +183,7 @@ class _StoreLoader:
             self._done.set()
 
     def get(self) -> Any:
+        self.start()
         self._done.wait()
         return self.store
 
@@ -202,6 +228,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             spec = spec_of(params)
             if spec is None:
                 return None
+            self._loader.start()
             return _Request(spec, guarded=_constrained_elsewhere(params))
         except ValueError:
             return None  # refused at admission already
