@@ -29,10 +29,11 @@ from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only
 SPARSE_ROW_MAX = 4096
 
 
-def allowed_count(words: np.ndarray) -> int:
-    """Tokens an int32 bitmask row allows (NumPy counts the bits of a signed
-    word's absolute value: -1, 32 allowed tokens, would count as 1)."""
-    return int(np.bitwise_count(words.view(np.uint32)).sum())
+def allowed_count(words: np.ndarray) -> np.ndarray:
+    """Tokens each int32 bitmask row allows (last axis; a scalar for one row).
+    Counted on unsigned words: NumPy counts the bits of a signed word's
+    absolute value, so -1 (32 allowed tokens) would count as 1."""
+    return np.bitwise_count(words.view(np.uint32)).sum(axis=-1)
 
 
 def set_bits(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ class MaskPlan:
             return
         rows = np.array(self.filled, dtype=np.int64)
         self.filled = []
-        counts = np.bitwise_count(bitmask[rows].view(np.uint32)).sum(axis=1)
+        counts = allowed_count(bitmask[rows])
         sparse = rows[counts <= SPARSE_ROW_MAX]
         self.dense_rows.extend(rows[counts > SPARSE_ROW_MAX].tolist())
         if len(sparse):
@@ -148,9 +149,7 @@ def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
         for row in rows:
             logits[row].fill_(float("-inf"))
     else:
-        where = torch.tensor(rows, dtype=torch.int64).to(
-            logits.device, non_blocking=True
-        )
+        where = _to(np.array(rows, dtype=np.int64), logits.device)
         logits.index_fill_(0, where, float("-inf"))
 
 
