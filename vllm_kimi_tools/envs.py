@@ -29,12 +29,23 @@ variable                               default  meaning
                                                 enforced request), ``auto``
                                                 (eager where the command line
                                                 selects ``kimi_k2_robust``)
+``KIMI_TOOLS_SPECULATIVE_TAG``         off      where speculative decoding
+                                                keeps the Enforcer out: the
+                                                plugin's structural tag for
+                                                vLLM's structured outputs
+                                                instead of xgrammar's builtin
+                                                ``kimi`` one
+                                                (docs/speculative.md)
 =====================================  =======  ==============================
 
 Switches take ``1/true/on/yes`` or ``0/false/off/no`` (any case). The names
 carry no ``VLLM_`` prefix: vLLM warns about (or, strict, refuses) every
 ``VLLM_*`` variable it does not know. The former ``VLLM_KIMI_TOOLS_*`` names
 are still read, with a warning, until 0.2.
+
+``KIMI_TOOLS_METRICS_DIR`` is not a setting: the API server sets it for its
+engine processes (where the Enforcer writes its counters, see
+:mod:`.metrics`); leave it unset.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ if TYPE_CHECKING:
     KIMI_TOOLS_BLOCKED_SAMPLE: int = 32
     KIMI_TOOLS_LOG_INTERVAL: float = 10.0
     KIMI_TOOLS_VOCAB_TABLES: str = "auto"
+    KIMI_TOOLS_SPECULATIVE_TAG: bool = False
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -154,6 +166,7 @@ environment_variables: dict[str, Callable[[], Any]] = {
     "KIMI_TOOLS_VOCAB_TABLES": _choice(
         "KIMI_TOOLS_VOCAB_TABLES", ("auto", "eager", "lazy")
     ),
+    "KIMI_TOOLS_SPECULATIVE_TAG": _switch("KIMI_TOOLS_SPECULATIVE_TAG", False),
 }
 
 

@@ -26,14 +26,36 @@
   ``rejected``, ``conflict``, ``blind``, ``speculative``, ``unavailable``,
   ``prompt``) and ``..._length_fallbacks_total{reason}`` (steps where a
   string length bound gave way: ``dead_end``, ``budget``): the Enforcer in
-  the engine. They reach ``/metrics`` when the engine runs in the API
-  server's process; the Enforcer also logs them periodically.
+  the engine, labelled ``engine`` (the data-parallel rank, as vLLM's own).
+
+How the engine's counts reach ``/metrics``: vLLM ships no statistics from a
+worker to the API server (its ``SchedulerStats`` are made by the scheduler,
+and a logits processor cannot add to them). The Enforcer on tensor-parallel
+rank 0 (only: the other ranks see the same logits) writes its counters in
+Prometheus' multiprocess file format (``counter_kimitools-<pid>.db``), which
+the API server reads at every scrape:
+
+* with ``--api-server-count`` ≥ 2 vLLM runs Prometheus in multiprocess mode:
+  the files go to its ``PROMETHEUS_MULTIPROC_DIR`` and vLLM's own collector
+  adds them up, whichever API server is scraped;
+* otherwise the API server makes a directory of its own when vLLM builds
+  its renderer, before it starts the engine (``KIMI_TOOLS_METRICS_DIR``,
+  inherited by the engine processes, removed at exit), and reads it with a
+  collector in the default registry.
+
+Each increment is one write to a memory-mapped file: a scrape sees the
+counts of the moment (blocked steps and compile seconds move from the
+engine's tallies when requests leave the batch and at each log line).
 
 The same counts are kept in-process (:func:`counts`) for tests and logs.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import threading
 from collections import Counter as _Tally
 from typing import Any
@@ -49,6 +71,20 @@ LENGTH_FALLBACKS_TOTAL = PREFIX + "enforcer_length_fallbacks_total"
 LOOSE_TOOLS_TOTAL = PREFIX + "enforcer_loose_tools_total"
 REFUSED_REQUESTS_TOTAL = PREFIX + "enforcer_refused_requests_total"
 UNENFORCED_REQUESTS_TOTAL = PREFIX + "enforcer_unenforced_requests_total"
+
+# Counted by the Enforcer in the engine; the rest in the API server.
+ENGINE_COUNTERS = frozenset(
+    {
+        ENFORCED_REQUESTS_TOTAL,
+        BLOCKED_TOKENS_TOTAL,
+        COMPILE_SECONDS_TOTAL,
+        STOOD_DOWN_TOTAL,
+        LENGTH_FALLBACKS_TOTAL,
+    }
+)
+# Set by the plugin in the top process (see :func:`share_engine_counters`).
+DIR_ENV = "KIMI_TOOLS_METRICS_DIR"
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _HELP = {
     DROPPED_TOOL_CALLS_TOTAL: (
@@ -105,12 +141,88 @@ def _counter(name: str) -> Any:
     return counter
 
 
+class _EngineFile:
+    """This process's engine counters, in Prometheus' multiprocess format."""
+
+    def __init__(self, directory: str, engine: str) -> None:
+        self.path = os.path.join(directory, f"counter_kimitools-{os.getpid()}.db")
+        self.engine = engine
+        self._file: Any = None  # opened at the first count
+        self._values: dict[str, float] = {}
+
+    def inc(self, name: str, amount: float, label: str | None) -> None:
+        from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+        doc, labelnames = _HELP[name]
+        values = [self.engine] if label is None else [self.engine, label]
+        key = mmap_key(
+            name.removesuffix("_total"), name, ["engine", *labelnames], values, doc
+        )
+        value = self._values.get(key, 0.0) + amount
+        self._values[key] = value
+        if self._file is None:
+            self._file = MmapedDict(self.path)
+        self._file.write_value(key, value, 0.0)
+
+
+# None: engine counts go to the default registry (no directory is shared);
+# False: this rank does not report (tensor-parallel rank > 0).
+_engine: _EngineFile | bool | None = None
+
+
+def report_engine(dp_rank: int, tp_rank: int) -> bool:
+    """Called by the Enforcer in each worker: whether this one reports
+    (tensor-parallel rank 0), and where its counts go."""
+    global _engine
+    if tp_rank != 0:
+        _engine = False
+        return False
+    directory = os.environ.get(PROMETHEUS_DIR_ENV) or os.environ.get(DIR_ENV)
+    if not directory or not os.path.isdir(directory):
+        return True
+    file = _EngineFile(directory, str(dp_rank))
+    with _lock:
+        # One file per process: a second Enforcer keeps counting in it.
+        if not (
+            isinstance(_engine, _EngineFile)
+            and (_engine.path, _engine.engine) == (file.path, file.engine)
+        ):
+            _engine = file
+    return True
+
+
+_shared_dir: str | None = None
+
+
+def share_engine_counters() -> str:
+    """In the API server, before vLLM starts the engine: a directory for the
+    engine processes' counter files (:data:`DIR_ENV`, which they inherit),
+    read into this process's default registry. Once per process; a value
+    inherited from a parent process is replaced."""
+    global _shared_dir
+    with _lock:
+        if _shared_dir is None:
+            from prometheus_client import REGISTRY
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            directory = tempfile.mkdtemp(prefix="kimi-tools-metrics-")
+            atexit.register(shutil.rmtree, directory, True)
+            MultiProcessCollector(REGISTRY, path=directory)
+            _shared_dir = directory
+        os.environ[DIR_ENV] = _shared_dir
+        return _shared_dir
+
+
 def inc(name: str, amount: float = 1.0, label: str | None = None) -> None:
     if amount <= 0:
         return
     key = name if label is None else f"{name}{{{label}}}"
     with _lock:
         _tally[key] += amount
+        if name in ENGINE_COUNTERS and _engine is not None:
+            if isinstance(_engine, _EngineFile):
+                _engine.inc(name, amount, label)
+            return
     counter = _counter(name)
     if counter is not None:
         (counter.labels(label) if label is not None else counter).inc(amount)

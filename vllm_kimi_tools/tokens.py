@@ -146,6 +146,25 @@ def is_k3_vocab(vocab: Mapping[str, int]) -> bool:
     return all(tok in vocab for tok in K3_MARKERS)
 
 
+def vocab_problem(vocab: Mapping[str, int], parser_name: str) -> str | None:
+    """Why ``parser_name`` (this package's Kimi K2 parser) cannot serve a
+    tokenizer with ``vocab``; None when it can."""
+    if is_k3_vocab(vocab):
+        return (
+            f"{parser_name} serves the Kimi K2 / K2.5 tool-call format; this "
+            "tokenizer is Kimi K3's (XTML markers), which it would never "
+            f"parse. Use --tool-call-parser {K3_PARSER_NAME} "
+            f"--reasoning-parser {K3_PARSER_NAME} instead."
+        )
+    missing = missing_tool_tokens(vocab)
+    if missing:
+        return (
+            f"{parser_name} needs the Kimi K2 tool-call tokens in the "
+            f"tokenizer vocabulary; missing: {', '.join(missing)}"
+        )
+    return None
+
+
 def special_token_text(token_id: int) -> str:
     """The text of a special id (named, or ``<|reserved_token_N|>``)."""
     for text, known in SPECIAL_TOKEN_IDS.items():

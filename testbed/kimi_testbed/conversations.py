@@ -160,3 +160,19 @@ def with_reasoning(
 # The same conversations with reasoning on every assistant turn.
 MESSY_REASONING = with_reasoning(MESSY, "reasoning_content")
 CANONICAL_REASONING = with_reasoning(CANONICAL, "reasoning")
+
+
+def prompt_ids(server: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """The prompt a running test-bed server (``VllmServer``) renders for
+    ``messages`` with :data:`TOOLS`, by ``/tokenize``."""
+    status, body = server.post(
+        "/tokenize",
+        {
+            "model": "tinykimi",
+            "messages": with_string_arguments(messages),
+            "tools": TOOLS,
+            "add_generation_prompt": True,
+        },
+    )
+    assert status == 200, body
+    return body["tokens"]

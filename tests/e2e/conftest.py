@@ -39,8 +39,9 @@ def _serve(
 
 @pytest.fixture(scope="session")
 def robust_server(tinykimi: Path, cache_dir: Path) -> Iterator[VllmServer]:
-    # The Enforcer's summary line every second instead of every ten.
-    env = {"KIMI_TOOLS_LOG_INTERVAL": "1"}
+    # The Enforcer's summary line every second instead of every ten, and
+    # blocked steps counted on every row (exact) rather than one in 32.
+    env = {"KIMI_TOOLS_LOG_INTERVAL": "1", "KIMI_TOOLS_BLOCKED_SAMPLE": "1"}
     with _serve(tinykimi, cache_dir, "robust", "kimi_k2_robust", env) as server:
         yield server
 

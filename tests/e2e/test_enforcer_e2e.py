@@ -19,6 +19,7 @@ from kimi_testbed.scenarios import CLOSERS, call
 from kimi_testbed.server import VllmServer
 from tests.kimi_text import openai_tool, section
 from vllm_kimi_tools import tokens
+from vllm_kimi_tools.metrics import ENFORCED_REQUESTS_TOTAL as ENFORCED_REQUESTS
 
 pytestmark = pytest.mark.e2e
 
@@ -189,14 +190,23 @@ def test_unusable_schema_is_a_400(robust_server):
 
 
 def test_enforcer_reports_what_it_did(robust_server):
-    """The engine process logs its tallies (its counters are not in the API
-    server's /metrics when the engine runs in its own process)."""
+    """The engine process logs its tallies, and its counters reach the API
+    server's /metrics (the engine core runs in a process of its own)."""
     import re
     import time
 
+    def requests_counted() -> float:
+        name = re.escape(ENFORCED_REQUESTS)
+        found = re.search(
+            name + r'\{engine="0"\} ([0-9.]+)', robust_server.get_text("/metrics")
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = requests_counted()
     _ask(robust_server, INTENTIONS["wrong types"])
     time.sleep(1.1)
     _ask(robust_server, CORRECT)
+    assert requests_counted() == before + 2
     lines = re.findall(
         r"Kimi tool Enforcer: (\d+) requests, (\d+) blocked steps, (\d+) grammars",
         robust_server.log_path.read_text(errors="replace"),

@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from kimi_testbed.conversations import CANONICAL, MESSY, TOOLS, with_string_arguments
+from kimi_testbed.conversations import (
+    CANONICAL,
+    MESSY,
+    TOOLS,
+    prompt_ids,
+    with_string_arguments,
+)
 from kimi_testbed.server import VllmServer
 from tests.kimi_text import call, section
 from vllm_kimi_tools import tokens
@@ -16,23 +22,9 @@ from vllm_kimi_tools import tokens
 pytestmark = pytest.mark.e2e
 
 
-def _prompt_ids(server: VllmServer, messages: list) -> list[int]:
-    status, body = server.post(
-        "/tokenize",
-        {
-            "model": "tinykimi",
-            "messages": with_string_arguments(messages),
-            "tools": TOOLS,
-            "add_generation_prompt": True,
-        },
-    )
-    assert status == 200, body
-    return body["tokens"]
-
-
 def test_engine_receives_canonical_prompt(robust_server) -> None:
-    messy = _prompt_ids(robust_server, MESSY)
-    assert messy == _prompt_ids(robust_server, CANONICAL)
+    messy = prompt_ids(robust_server, MESSY)
+    assert messy == prompt_ids(robust_server, CANONICAL)
     generation = robust_server.tokenize(tokens.GENERATION_PROMPT)
     assert messy[-len(generation) :] == generation
     status, text = robust_server.post(
@@ -64,7 +56,7 @@ def test_output_ids_continue_normalised_history(robust_server) -> None:
 
 
 def test_stock_parser_server_renders_unchanged(stock_server) -> None:
-    assert _prompt_ids(stock_server, MESSY) != _prompt_ids(stock_server, CANONICAL)
+    assert prompt_ids(stock_server, MESSY) != prompt_ids(stock_server, CANONICAL)
 
 
 def _detokenize(server: VllmServer, ids: list[int]) -> str:
@@ -107,4 +99,4 @@ def test_chat_render_endpoint_matches_tokenize(robust_server) -> None:
         },
     )
     assert status == 200, rendered
-    assert rendered["token_ids"] == _prompt_ids(robust_server, CANONICAL)
+    assert rendered["token_ids"] == prompt_ids(robust_server, CANONICAL)

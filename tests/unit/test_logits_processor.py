@@ -9,6 +9,7 @@ token in ``ctx.input_ids`` and history in ``all_token_ids``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from types import SimpleNamespace
@@ -248,6 +249,41 @@ def test_v2_slots_history_and_resume(grammar_store, kimi_tokenizer, m) -> None:
     logits = torch.zeros(1, V)
     lp.apply(logits, ctx_for([6], [20], [7]))
     assert len(finite(logits[0])) == V
+
+
+def test_v2_reads_positions_on_the_host(grammar_store, m) -> None:
+    """Positions come from ``seq_lens_upper_bound_np`` (host), not from
+    ``ctx.pos`` (a device tensor: reading it would wait for the device)."""
+    states = SimpleNamespace(
+        prompt_len=SimpleNamespace(np=np.full(4, 10, dtype=np.int64)),
+        all_token_ids=SimpleNamespace(gpu=torch.zeros(4, 64, dtype=torch.int64)),
+    )
+    lp = processor(grammar_store, states)
+    lp.add_request(2, params())
+
+    def step(pos: int, newest: int) -> torch.Tensor:
+        ctx = ctx_for([2], [pos], [newest])
+        ctx = dataclasses.replace(ctx, pos=torch.tensor([-999]))  # never read
+        logits = torch.zeros(1, V)
+        lp.apply(logits, ctx)
+        return logits[0]
+
+    step(9, 7)  # prefill: the prompt's last token
+    assert finite(step(10, m.section_begin)) == {m.call_begin}
+
+
+def test_busy_steps_leave_the_tallies_on_the_device(grammar_store, monkeypatch):
+    """A request leaving a busy batch moves no tally to the host (a device
+    sync); the batch emptying does."""
+    lp = processor(grammar_store)
+    flushes = []
+    monkeypatch.setattr(lp, "flush_metrics", lambda: flushes.append(1))
+    lp.update_state(update(added=[(0, params(), [1], []), (1, params(), [1], [])]))
+    lp.apply(torch.zeros(2, V))
+    lp.update_state(update(removed=[1], size=1))
+    assert flushes == []
+    lp.update_state(update(removed=[0], size=0))
+    assert flushes == [1]
 
 
 def test_v2_speculative_rows_stand_down(grammar_store, m) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 from unittest.mock import MagicMock
@@ -358,7 +359,7 @@ def _stock_bug(reason: str) -> Any:
     [
         "kimi_k2_robust",
         _stock_bug(
-            "vLLM 0.32's kimi_k2 keeps a call written in unclosed thinking as "
+            "kimi_k2 (vLLM 0.32, 0.33) keeps a call written in unclosed thinking as "
             "reasoning: the call is lost"
         ),
     ],
@@ -393,7 +394,7 @@ def _history_prompt(tok: Any) -> list[int]:
     [
         "kimi_k2_robust",
         _stock_bug(
-            "vLLM 0.32's kimi_k2 streams the thinking as content, <think> "
+            "kimi_k2 (vLLM 0.32, 0.33) streams the thinking as content, <think> "
             "included, after a tool-call history"
         ),
     ],
@@ -544,6 +545,30 @@ def test_k3_tokenizer_is_refused_with_what_to_use() -> None:
         KimiK2RobustToolParser(tok, [])
     tok.get_vocab.return_value = dict(tokens.SPECIAL_TOKEN_IDS)
     KimiK2RobustToolParser(tok, [])  # a K2 vocabulary starts
+
+
+def test_renderer_refuses_a_tokenizer_before_the_weights_load(monkeypatch) -> None:
+    """vLLM builds the renderer before the engine loads the weights: with
+    kimi_k2_robust on the command line, a tokenizer it cannot serve stops
+    the server there; other parsers' servers are not concerned."""
+    from vllm_kimi_tools.chat.renderer import fail_fast
+
+    tok = MagicMock()
+    tok.get_vocab.return_value = {"hello": 1}  # no Kimi tool tokens
+    monkeypatch.setattr(sys, "argv", ["vllm", "serve", "m", "--tool-call-parser=x"])
+    fail_fast(tok)
+    monkeypatch.setattr(
+        sys, "argv", ["vllm", "serve", "m", "--tool-call-parser", "kimi_k2_robust"]
+    )
+    with pytest.raises(ValueError, match="missing: <"):
+        fail_fast(tok)
+    k3 = {t: 200_000 + i for i, t in enumerate(tokens.K3_MARKERS)}
+    tok.get_vocab.return_value = {**tokens.SPECIAL_TOKEN_IDS, **k3}
+    with pytest.raises(ValueError, match="--tool-call-parser kimi_k3"):
+        fail_fast(tok)
+    tok.get_vocab.return_value = dict(tokens.SPECIAL_TOKEN_IDS)
+    fail_fast(tok)  # a K2 vocabulary starts
+    fail_fast(None)  # skip_tokenizer_init: nothing to check
 
 
 def _responses_request() -> Any:

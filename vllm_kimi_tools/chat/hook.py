@@ -17,7 +17,9 @@ exactly as stock vLLM renders them.
 * :func:`note_config` (from the renderer, which vLLM builds with the
   server's config): what the engine can do, read once here;
   :func:`enforcer_unavailable` says why the Enforcer cannot run on this
-  server (speculative decoding: vLLM loads no logits processor then).
+  server (speculative decoding: vLLM loads no logits processor then), and
+  :func:`grammar_after_thinking` whether vLLM applies a request's grammar
+  only once its reasoning parser saw the thinking end.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _problem: str | None = None
 _served = False
 # Why the Enforcer cannot run on this server: (metric label, reason).
 _unavailable: tuple[str, str] | None = None
+_after_thinking = False
 
 
 def install() -> None:
@@ -88,7 +91,11 @@ def require() -> None:
 
 def note_config(config: object) -> None:
     """Read what the engine can do from the server's ``VllmConfig``."""
-    global _unavailable
+    global _unavailable, _after_thinking
+    outputs = getattr(config, "structured_outputs_config", None)
+    _after_thinking = bool(getattr(outputs, "reasoning_parser", None)) and not (
+        getattr(outputs, "enable_in_reasoning", False)
+    )
     if getattr(config, "speculative_config", None) is not None:
         _unavailable = (
             "speculative",
@@ -100,3 +107,9 @@ def enforcer_unavailable() -> tuple[str, str] | None:
     """Why the Enforcer cannot run on this server, as (metric label,
     reason); None: it can."""
     return _unavailable
+
+
+def grammar_after_thinking() -> bool:
+    """Whether vLLM's structured outputs start after the thinking on this
+    server (a ``--reasoning-parser``, without ``enable_in_reasoning``)."""
+    return _after_thinking

@@ -26,16 +26,20 @@ Set ``KIMI_TOOLS_NORMALIZE=0`` to switch the hook off.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vllm_kimi_tools._compat import HfRenderer, init_logger
+from vllm_kimi_tools import metrics
+from vllm_kimi_tools._compat import HfRenderer, cli_tool_parser, init_logger
 from vllm_kimi_tools.chat import hook
 from vllm_kimi_tools.chat.conversation import normalize_messages
+from vllm_kimi_tools.names import PARSER_NAME
 from vllm_kimi_tools.tokens import (
     GENERATION_PROMPT,
     GENERATION_PROMPTS,
     missing_tool_tokens,
+    vocab_problem,
 )
 
 logger = init_logger(__name__)
@@ -124,6 +128,18 @@ def ensure_generation_prompt(
     return prompt
 
 
+def fail_fast(tokenizer: Any) -> None:
+    """Refuse a tokenizer ``kimi_k2_robust`` cannot serve, when the command
+    line selects that parser: vLLM builds the renderer before the engine
+    loads the weights, the tool parser only after (its own check stays, for
+    launches whose command line does not say, e.g. a ``--config`` file)."""
+    if tokenizer is None or cli_tool_parser(sys.argv) != PARSER_NAME:
+        return
+    problem = vocab_problem(tokenizer.get_vocab(), PARSER_NAME)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 class KimiAwareHfRenderer(HfRenderer):
     """``HfRenderer`` that renders Kimi conversations as Moonshot's API does."""
 
@@ -132,7 +148,11 @@ class KimiAwareHfRenderer(HfRenderer):
 
     def __init__(self, config: Any, tokenizer: Any) -> None:
         super().__init__(config, tokenizer)
+        fail_fast(tokenizer)
         hook.note_config(config)
+        # vLLM builds the renderer in the API server before it starts the
+        # engine: the Enforcer's counters there will reach this /metrics.
+        metrics.share_engine_counters()
 
     def _generation_prompt_ids(self) -> dict[str, list[int]]:
         if self._generation_ids is None:

@@ -58,11 +58,12 @@ from vllm_kimi_tools._compat import (
     V2LogitsProcessor,
     cli_tool_parser,
     init_logger,
+    parallel_ranks,
     process_dict_updates,
     tokenizer_for,
 )
 from vllm_kimi_tools.enforcer.machine import Ban, Only, Phase, RequestEnforcer
-from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan
+from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan, to_device
 from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
 from vllm_kimi_tools.enforcer.schema_checks import (
     MAX_SCHEMA_DEPTH,
@@ -209,6 +210,13 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         self._steps = 0
         self._last_log = time.monotonic()
         self._log_interval = envs.KIMI_TOOLS_LOG_INTERVAL
+        self._logged: dict[str, float] = {}  # the counts of the last line
+        self._idle_log: threading.Timer | None = None
+        # Tensor-parallel ranks see the same logits: rank 0 counts and logs.
+        dp_rank, tp_rank = parallel_ranks(vllm_config)
+        self._reports = metrics.report_engine(dp_rank, tp_rank)
+        # (A dense model's DP engines are told DP=1: name the rank always.)
+        self._log_suffix = f" (DP rank {dp_rank})"
         self._compile_s = 0.0  # compile seconds already counted
         self._warned: set[str] = set()
         # Rows where the length masks gave way to the grammar (a degrade).
@@ -299,7 +307,9 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if kind in self._warned:
             return
         self._warned.add(kind)
-        logger.warning(message, *args, exc_info=exc)
+        if self._reports:
+            text = message % args if args else message
+            logger.warning("%s%s", text, self._log_suffix, exc_info=exc)
 
     def _accept(self, req: _Request, tokens: list[int]) -> None:
         try:
@@ -470,7 +480,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             else []
         )
         if watched:
-            watched_t = torch.tensor(watched, device=logits.device)
+            watched_t = to_device(np.array(watched, dtype=np.int64), logits.device)
             before = logits[watched_t].argmax(dim=-1)
         apply_plan(logits, plan, self._bitmask)
         for row, req in guarded:
@@ -517,8 +527,12 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def _log_summary(self) -> None:
         self.flush_metrics()
-        if logger.isEnabledFor(logging.INFO):
-            c = metrics.counts()
+        self._log_counts()
+
+    def _log_counts(self) -> None:
+        c = metrics.counts()
+        self._logged = c
+        if self._reports and logger.isEnabledFor(logging.INFO):
             store = self._loader.store
             stats = store.stats if store is not None else None
             entries, size = store.cache_size if store is not None else (0, 0)
@@ -526,7 +540,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 "Kimi tool Enforcer: %d requests, %d blocked steps, "
                 "%d grammars compiled in %.2f s (%d cache hits), stood down %d, "
                 "length fallbacks %d; holding %d grammars (%.1f MiB), %d live "
-                "request states",
+                "request states%s",
                 c.get(metrics.ENFORCED_REQUESTS_TOTAL, 0),
                 c.get(metrics.BLOCKED_TOKENS_TOTAL, 0),
                 stats.compiles if stats else 0,
@@ -537,7 +551,27 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 entries,
                 size / (1 << 20),
                 len(self._requests),
+                self._log_suffix,
             )
+
+    def _went_idle(self) -> None:
+        """The batch emptied: counters are flushed now, and the last counts
+        are logged one interval later unless traffic logs them first."""
+        self.flush_metrics()
+        if not self._reports or metrics.counts() == self._logged:
+            return
+        if self._idle_log is not None:
+            self._idle_log.cancel()
+        self._idle_log = threading.Timer(self._log_interval, self._log_if_idle)
+        self._idle_log.daemon = True
+        self._idle_log.start()
+
+    def _log_if_idle(self) -> None:
+        try:
+            if not self._requests and metrics.counts() != self._logged:
+                self._log_counts()
+        except Exception as e:  # reporting never takes the engine down
+            self._warn_once("log", "Kimi tool Enforcer could not report: %s", e)
 
     def flush_metrics(self) -> None:
         """Move device-side tallies to the counters (one sync)."""
@@ -568,8 +602,10 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             return req
 
         process_dict_updates(self._requests, batch_update, new_state)
-        if batch_update.removed:
-            self.flush_metrics()
+        # The device-side tallies move to the counters at each log line and
+        # when the batch empties: no device sync on a busy step.
+        if batch_update.removed and not self._requests:
+            self._went_idle()
 
     def apply(
         self, logits: torch.Tensor, ctx: LogitsContext | None = None
@@ -601,7 +637,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
     # -- Model Runner V2 ---------------------------------------------------
 
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
-        self.flush_metrics()
         req = self._new_request(sampling_params)
         if req is None:
             self._requests.pop(req_idx, None)
@@ -633,8 +668,11 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             return logits
         states = self._v2_states
         assert states is not None
-        sel = torch.tensor([r for r, _ in rows], device=ctx.pos.device)
-        pos = ctx.pos[sel].cpu().tolist()
+        # Positions from the host (exact without drafts); the newest tokens
+        # were sampled on the device: one copy for the batch.
+        batch = np.array([r for r, _ in rows], dtype=np.int64)
+        pos = (ctx.seq_lens_upper_bound_np[batch] - 1).tolist()
+        sel = to_device(batch, ctx.input_ids.device)
         newest = ctx.input_ids[sel].cpu().tolist()
         enforced: list[tuple[int, _Request]] = []
         for (row, slot), p, tok in zip(rows, pos, newest):

@@ -108,8 +108,8 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
     device = logits.device
     for ids, rows in plan.bans.items():
         logits[
-            torch.tensor(rows, device=device).unsqueeze(1),
-            torch.tensor(ids, device=device),
+            to_device(np.array(rows, dtype=np.int64), device).unsqueeze(1),
+            to_device(np.array(ids, dtype=np.int64), device),
         ] = float("-inf")
     if plan.keep_rows:
         # Keep-lists: gather the kept logits, fill the rows, put them back;
@@ -117,29 +117,28 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
         # faster than two-dimensional advanced indexing).
         sel, ids = np.concatenate(plan.keep_sel), np.concatenate(plan.keep_ids)
         if logits.is_contiguous():
-            flat, where = logits.view(-1), _to(sel * logits.shape[1] + ids, device)
+            flat = logits.view(-1)
+            where = to_device(sel * logits.shape[1] + ids, device)
             kept = flat.index_select(0, where)
             _fill_rows(logits, plan.keep_rows)
             flat.index_copy_(0, where, kept)
         else:
-            sel_t, ids_t = _to(sel, device), _to(ids, device)
+            sel_t, ids_t = to_device(sel, device), to_device(ids, device)
             kept = logits[sel_t, ids_t]
             _fill_rows(logits, plan.keep_rows)
             logits[sel_t, ids_t] = kept
     if plan.dense_rows:
         import xgrammar as xgr
 
-        mask = torch.from_numpy(bitmask[: logits.shape[0]]).to(
-            device, non_blocking=True
-        )
+        rows = plan.dense_rows
         xgr.apply_token_bitmask_inplace(
             logits,
-            mask,
-            indices=plan.dense_rows
+            to_device(bitmask[: logits.shape[0]], device),
+            indices=rows
             if device.type == "cpu"
-            else torch.tensor(plan.dense_rows, device=device, dtype=torch.int32),
+            else to_device(np.array(rows, dtype=np.int32), device),
         )
-        bitmask[plan.dense_rows] = -1
+        bitmask[rows] = -1  # safe: a device copy was made from a pinned copy
 
 
 def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
@@ -149,11 +148,19 @@ def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
         for row in rows:
             logits[row].fill_(float("-inf"))
     else:
-        where = _to(np.array(rows, dtype=np.int64), logits.device)
+        where = to_device(np.array(rows, dtype=np.int64), logits.device)
         logits.index_fill_(0, where, float("-inf"))
 
 
-def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """An index array as a tensor on ``device`` (no copy on CPU)."""
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``: no copy on CPU; elsewhere a copy
+    from pinned memory, which does not wait for the device (a copy from
+    pageable memory synchronises the stream). The pinned block comes from
+    torch's host allocator, which reuses it only once the copy is done, so
+    ``array`` may change as soon as this returns."""
     tensor = torch.from_numpy(array)
-    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
+    if device.type == "cpu":
+        return tensor
+    if torch.cuda.is_available():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

@@ -20,7 +20,9 @@ includes ``<|tool_calls_section_begin|>``, so any earlier tool call in the
 history makes vLLM 0.32 decide thinking is over before the turn starts, and
 the whole thinking streams as ``content``, ``<think>`` included. Here the scan
 stops at the start of the current turn (``<|im_assistant|>``, the other role
-markers and ``<|im_end|>`` are turn boundaries).
+markers and ``<|im_end|>`` are turn boundaries). vLLM 0.33 hands the prompt
+to non-streaming parses too (``set_prompt_token_ids``): a prompt whose turn
+already closed the thinking is parsed as thinking off, streamed or not.
 
 With Moonshot's slow tokenizer the text is made exact first (see
 :mod:`.detokenize`): ``spaces_between_special_tokens`` is turned off where
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 from vllm_kimi_tools._compat import (
@@ -43,6 +46,7 @@ from vllm_kimi_tools._compat import (
     Transition,
     kimi_k2_config,
     make_adapters,
+    rebuilt_without_messages,
 )
 from vllm_kimi_tools.names import PARSER_NAME
 from vllm_kimi_tools.parser import detokenize
@@ -100,6 +104,22 @@ class KimiK2RobustParser(KimiK2Parser):
             request.spaces_between_special_tokens = False
         return request
 
+    def set_prompt_token_ids(self, prompt_token_ids: Sequence[int]) -> None:
+        """The rendered prompt, before any output (vLLM 0.33, every API,
+        streamed or not; vLLM 0.32 never passes it on).
+
+        A prompt whose current turn already closed the thinking (K2.5+ with
+        thinking off ends with ``<think></think>``) is parsed as thinking
+        off: all content, and a ``<think>`` the model writes anyway stays in
+        it as written, as when streaming on 0.32. The decision is the
+        turn-bounded :meth:`is_reasoning_end` that streaming uses on both.
+        """
+        super().set_prompt_token_ids(prompt_token_ids)
+        if self.thinking_enabled and self.is_reasoning_end(list(prompt_token_ids)):
+            # vLLM 0.33 alone would start in content but still read think
+            # tags there (dropping a </think>, keeping a <think>).
+            self.thinking_enabled = False
+
     def _preprocess_feed(self, delta_text: str, delta_token_ids: Any) -> Any:
         if delta_token_ids and self._stream_text is not None:
             # Streaming: the token ids are the truth (exact on every API).
@@ -109,7 +129,7 @@ class KimiK2RobustParser(KimiK2Parser):
         return delta_text, delta_token_ids
 
     def extract_reasoning(self, model_output: str, request: Any) -> Any:
-        self._unspace = detokenize.spaces_added(request, self.model_tokenizer)
+        self._unspace = text_spaced(request, self.model_tokenizer)
         if not self.thinking_enabled:
             # Thinking off: all content, exact for the tool parser after us.
             text = model_output
@@ -130,6 +150,15 @@ class KimiK2RobustParser(KimiK2Parser):
         if start is not None and start in input_ids:
             return input_ids[input_ids.index(start) :]
         return content
+
+
+def text_spaced(request: Any, tokenizer: Any) -> bool:
+    """Whether a complete output for ``request`` came spaced from vLLM's slow
+    detokenizer (:func:`.detokenize.spaces_added`); never for vLLM 0.33's
+    derender request, decoded as the render server set it."""
+    return detokenize.spaces_added(request, tokenizer) and not (
+        rebuilt_without_messages(request)
+    )
 
 
 def exact_token_bytes(tokenizer: Any) -> Any:

@@ -32,23 +32,29 @@ from vllm_kimi_tools._compat import (
     ResponsesRequest,
     ToolCall,
     ToolParser,
+    ToolStrictLevel,
     count_history_tool_calls,
+    forward_history_tool_call_count,
     init_logger,
 )
 from vllm_kimi_tools.chat import hook
 from vllm_kimi_tools.chat.conversation import count_tool_calls
 from vllm_kimi_tools.enforcer import admission
-from vllm_kimi_tools.enforcer.spec import SPEC_KEY
+from vllm_kimi_tools.enforcer.prompt import OutputStart
+from vllm_kimi_tools.enforcer.spec import SPEC_KEY, EnforcerSpec
 from vllm_kimi_tools.names import PARSER_NAME
-from vllm_kimi_tools.parser import detokenize
-from vllm_kimi_tools.parser.reasoning_parser import exact_stream_text, unspace
+from vllm_kimi_tools.parser.reasoning_parser import (
+    exact_stream_text,
+    text_spaced,
+    unspace,
+)
 from vllm_kimi_tools.parser.tool_calls import (
     DroppedToolCall,
     KimiToolCallParser,
     ParseDelta,
 )
 from vllm_kimi_tools.parser.tool_ids import unsafe_tool_name
-from vllm_kimi_tools.tokens import K3_PARSER_NAME, is_k3_vocab, missing_tool_tokens
+from vllm_kimi_tools.tokens import vocab_problem
 from vllm_kimi_tools.tools import declared_tools
 
 logger = init_logger(__name__)
@@ -56,6 +62,8 @@ logger = init_logger(__name__)
 # vLLM loads this module when a server asks for kimi_k2_robust: from then
 # on the chat-template hook normalises this process's Kimi chats.
 hook.serve()
+# vLLM 0.33's derender seeds the history's count on its parser only.
+forward_history_tool_call_count()
 
 # Per request (vLLM builds a parser per request and choice, after
 # adjust_request): the history's tool-call count, counted once.
@@ -80,14 +88,15 @@ def history_tool_call_count(request: Any) -> int:
     return count
 
 
-def _call_parser(request: Any) -> KimiToolCallParser:
-    """The request's incremental parser: its tools, the history's count and,
+def _call_parser(request: Any, history: int | None = None) -> KimiToolCallParser:
+    """The request's incremental parser: its tools, the history's count
+    (``history`` where vLLM gave it, else counted from the request) and,
     when enforced, the schema checks and the tools whose calls stream early
     (the same calls in a non-streaming response, so that a call dropped
     after its header went out numbers the rest alike)."""
     return KimiToolCallParser(
         declared_tools(request),
-        history_tool_call_count(request),
+        history_tool_call_count(request) if history is None else history,
         admission.enforced_checkers(request),
         admission.streamed_tools(request),
     )
@@ -101,6 +110,17 @@ def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> N
     the server's, when known). Never anything else: an unexpected failure
     is a 400 too, logged with its traceback.
     """
+    spec = admit(request, max_model_len=max_model_len)
+    request.vllm_xargs = {**(request.vllm_xargs or {}), SPEC_KEY: spec.to_json()}
+    if spec.reply is not None:
+        # The Enforcer shapes the reply (JSON, or the calls instead): vLLM's
+        # own JSON grammar would forbid the calls.
+        request.response_format = None
+
+
+def admit(request: Any, *, max_model_len: int | None = None) -> EnforcerSpec:
+    """The request's Enforcer spec (admission: :func:`attach_enforcer_spec`'s
+    400s, degraded schemas and loose tools logged and counted)."""
     try:
         spec, notes = admission.spec_for(
             request,
@@ -123,11 +143,20 @@ def attach_enforcer_spec(request: Any, *, max_model_len: int | None = None) -> N
     loose = [tool.name for tool in spec.tools if not tool.exact]
     if loose:
         metrics.inc(metrics.LOOSE_TOOLS_TOTAL, len(loose))
-    request.vllm_xargs = {**(request.vllm_xargs or {}), SPEC_KEY: spec.to_json()}
-    if spec.reply is not None:
-        # The Enforcer shapes the reply (JSON, or the calls instead): vLLM's
-        # own JSON grammar would forbid the calls.
-        request.response_format = None
+    return spec
+
+
+def speculative_tag(request: Any, vocab: Any = None) -> Any:
+    """The plugin's structural tag for ``request`` (:mod:`.structural_tag`),
+    for vLLM's structured outputs where the Enforcer cannot run."""
+    from vllm_kimi_tools.enforcer.structural_tag import TagOptions, spec_structural_tag
+
+    # The prompt is not known here: without a reasoning parser that holds
+    # the grammar back until the thinking ends, the tag takes any start.
+    start = OutputStart.THOUGHT if hook.grammar_after_thinking() else None
+    return spec_structural_tag(
+        admit(request), vocab=vocab, options=TagOptions(start=start)
+    )
 
 
 class KimiK2RobustToolParser(ToolParser):
@@ -143,23 +172,15 @@ class KimiK2RobustToolParser(ToolParser):
 
     def __init__(self, tokenizer: Any, tools: Sequence[Any] | None = None) -> None:
         super().__init__(tokenizer, tools)
-        if is_k3_vocab(self.vocab):
-            raise ValueError(
-                f"{PARSER_NAME} serves the Kimi K2 / K2.5 tool-call format; this "
-                "tokenizer is Kimi K3's (XTML markers), which it would never "
-                f"parse. Use --tool-call-parser {K3_PARSER_NAME} "
-                f"--reasoning-parser {K3_PARSER_NAME} instead."
-            )
-        missing = missing_tool_tokens(self.vocab)
-        if missing:
-            raise ValueError(
-                f"{PARSER_NAME} needs the Kimi K2 tool-call tokens in the "
-                f"tokenizer vocabulary; missing: {', '.join(missing)}"
-            )
+        problem = vocab_problem(self.vocab, PARSER_NAME)
+        if problem is not None:
+            raise ValueError(problem)
         envs.validate()
         hook.require()
         self._stream: KimiToolCallParser | None = None
         self._stream_text = exact_stream_text(tokenizer)
+        # The history's count where the request carries no messages.
+        self._history: int | None = None
 
     def adjust_request(
         self, request: ChatCompletionRequest | ResponsesRequest
@@ -188,26 +209,46 @@ class KimiK2RobustToolParser(ToolParser):
             }
         return request
 
+    @property
+    def default_tool_strict_level(self) -> Any:  # type: ignore[override]
+        # With the plugin's tag, vLLM must ask for a tag for tool_choice
+        # "auto" too (it asks from level "function" up). Otherwise AUTO, the
+        # base class's default on vLLM 0.33 (which compares the level, so
+        # None fails there); 0.32 treats AUTO as no default too.
+        if _speculative_tag_on():
+            return ToolStrictLevel.FUNCTION
+        return ToolStrictLevel.AUTO
+
     def get_structural_tag(self, request: Any, **kwargs: Any) -> Any:
         # With the Enforcer on, vLLM's own (looser) structural tag stays off:
         # two grammars on one request could leave no token to sample. Where
-        # the Enforcer cannot run, the tag is vLLM's, as for stock kimi_k2.
-        if admission.enforced(request) and hook.enforcer_unavailable() is None:
-            return None
+        # the Enforcer cannot run, the tag is vLLM's, as for stock kimi_k2,
+        # or, under speculative decoding with KIMI_TOOLS_SPECULATIVE_TAG on,
+        # the plugin's (the Enforcer's rules a grammar can carry).
+        if admission.enforced(request):
+            if hook.enforcer_unavailable() is None:
+                return None
+            if _speculative_tag_on():
+                return speculative_tag(request, self.vocab)
         return super().get_structural_tag(request, **kwargs)
+
+    def set_history_tool_call_count(self, count: int) -> None:
+        """The conversation's tool-call count, where vLLM parses a request
+        without its messages (0.33's ``/generate`` derender: the render
+        server counted them). Forwarded by vLLM's parser through
+        :func:`._compat.forward_history_tool_call_count`."""
+        self._history = count
 
     # -- non-streaming -----------------------------------------------------
 
     def extract_tool_calls(
         self, model_output: str, request: ChatCompletionRequest
     ) -> ExtractedToolCallInformation:
-        if self.skip_reasoning_parsing and detokenize.spaces_added(
-            request, self.model_tokenizer
-        ):
+        if self.skip_reasoning_parsing and text_spaced(request, self.model_tokenizer):
             # Straight from a spacing detokenizer (no reasoning parser made
             # it exact first): undo the spaces around markers.
             model_output = unspace(self.model_tokenizer, model_output)
-        result = _call_parser(request).parse_whole(model_output)
+        result = _call_parser(request, self._history).parse_whole(model_output)
         _report_dropped(result.dropped)
         return ExtractedToolCallInformation(
             tools_called=bool(result.tool_calls),
@@ -236,7 +277,7 @@ class KimiK2RobustToolParser(ToolParser):
         request: ChatCompletionRequest,
     ) -> DeltaMessage | None:
         if self._stream is None:
-            self._stream = _call_parser(request)
+            self._stream = _call_parser(request, self._history)
         if self._stream_text is not None and delta_token_ids:
             # The token ids are the exact text, whatever the detokenizer did.
             delta_text = self._stream_text.feed(delta_token_ids)
@@ -266,15 +307,37 @@ def _enforcer_runs(request: Any) -> bool:
     return False
 
 
-@functools.cache
+def _speculative_tag_on() -> bool:
+    """Whether the plugin's structural tag stands in for the Enforcer:
+    speculative decoding keeps it out and KIMI_TOOLS_SPECULATIVE_TAG is on."""
+    unavailable = hook.enforcer_unavailable()
+    return (
+        unavailable is not None
+        and unavailable[0] == "speculative"
+        and envs.KIMI_TOOLS_ENFORCER
+        and envs.KIMI_TOOLS_SPECULATIVE_TAG
+    )
+
+
 def _warn_unenforced(why: str) -> None:
+    _warn_once(why, _speculative_tag_on())
+
+
+@functools.cache
+def _warn_once(why: str, tagged: bool) -> None:
+    instead = (
+        "the plugin's structural tag through vLLM's structured outputs "
+        "(KIMI_TOOLS_SPECULATIVE_TAG; docs/speculative.md)"
+        if tagged
+        else "vLLM's own structured output (--tool-strict-level, "
+        'tool_choice "required" and named), as with stock kimi_k2'
+    )
     logger.warning(
         "%s: the tool Enforcer cannot run on this server (%s); tool calls "
-        "get vLLM's own structured output (--tool-strict-level, "
-        'tool_choice "required" and named), as with stock kimi_k2. Counted '
-        "as %s.",
+        "get %s. Counted as %s.",
         PARSER_NAME,
         why,
+        instead,
         metrics.UNENFORCED_REQUESTS_TOTAL,
     )
 
