@@ -5,6 +5,7 @@ written by :mod:`kimi_testbed.wire` (re-exported here)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ __all__ = [
     "call",
     "openai_tool",
     "section",
+    "token_deltas",
 ]
 
 WEATHER_SCHEMA: dict[str, Any] = {
@@ -62,3 +64,25 @@ K25_SWITCHES = pytest.mark.parametrize(
     ],
     ids=["thinking", "off", "preserve"],
 )
+
+
+def token_deltas(
+    parser: Any,
+    tokenizer: Any,
+    request: Any,
+    text: str,
+    prompt_token_ids: list[int] | None = None,
+) -> Iterator[Any]:
+    """Stream ``text`` into a vLLM parser one token at a time, as the serving
+    layer does (each token's text and id); the deltas it returns."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    for i, token in enumerate(ids):
+        delta = parser.parse_delta(
+            tokenizer.decode([token]),
+            [token],
+            request,
+            prompt_token_ids=prompt_token_ids,
+            finished=i == len(ids) - 1,
+        )
+        if delta is not None:
+            yield delta

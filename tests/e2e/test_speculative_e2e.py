@@ -17,23 +17,13 @@ import pytest
 pytest.importorskip("vllm")
 
 from kimi_testbed.server import VllmServer  # noqa: E402
+from tests.kimi_text import WEATHER_TOOL  # noqa: E402
 
 NGRAM = {
     "method": "ngram",
     "num_speculative_tokens": 2,
     "prompt_lookup_max": 3,
     "prompt_lookup_min": 1,
-}
-TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
 }
 UNENFORCED = 'vllm_kimi_tools:enforcer_unenforced_requests_total{reason="speculative"}'
 
@@ -56,7 +46,7 @@ def _ask(server: VllmServer, **kw) -> dict:
     body = {
         "model": "tinykimi",
         "messages": [{"role": "user", "content": "The weather in Oslo?"}],
-        "tools": [TOOL],
+        "tools": [WEATHER_TOOL],
         "max_tokens": 48,
         "temperature": 0,
         "return_token_ids": True,

@@ -20,6 +20,7 @@ pytest.importorskip("vllm")
 
 from kimi_testbed.conversations import WEATHER_ROUND_TRIP  # noqa: E402
 from kimi_testbed.server import VllmServer  # noqa: E402
+from tests.kimi_text import WEATHER_TOOL  # noqa: E402
 from vllm_kimi_tools import tokens as kt  # noqa: E402
 
 NGRAM = {
@@ -27,17 +28,6 @@ NGRAM = {
     "num_speculative_tokens": 3,
     "prompt_lookup_max": 3,
     "prompt_lookup_min": 1,
-}
-TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
 }
 HISTORY = [*WEATHER_ROUND_TRIP, {"role": "user", "content": "And in Paris?"}]
 
@@ -61,7 +51,7 @@ def _ask(server: VllmServer, **kw) -> dict:
     body = {
         "model": "tinykimi",
         "messages": HISTORY,
-        "tools": [TOOL],
+        "tools": [WEATHER_TOOL],
         "max_tokens": 64,
         "temperature": 0,
         "return_token_ids": True,

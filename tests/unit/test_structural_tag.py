@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from kimi_testbed.conversations import WEATHER_ROUND_TRIP
 from tests.enforcer_kit import allowed, enforcer_for
 from vllm_kimi_tools import tokens as kt
 from vllm_kimi_tools.enforcer.admission import build_spec
@@ -344,22 +345,7 @@ def test_the_parser_offers_the_tag_only_under_speculation_and_opt_in(
         "type": "function",
         "function": {"name": "get_weather", "parameters": WEATHER},
     }
-    history = [
-        {"role": "user", "content": "weather?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {
-                    "id": "functions.get_weather:0",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "A"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "sun"},
-        {"role": "user", "content": "and Oslo?"},
-    ]
+    history = [*WEATHER_ROUND_TRIP, {"role": "user", "content": "and Oslo?"}]
 
     def served(**kw: Any) -> Any:
         body = {"model": "m", "messages": history, "tools": [tool], **kw}

@@ -19,8 +19,11 @@ import pytest
 pytest.importorskip("vllm")
 pytest.importorskip("torch")
 
-from kimi_testbed.conversations import CANONICAL_REASONING  # noqa: E402
-from tests.kimi_text import WEATHER_TOOL, call, section  # noqa: E402
+from kimi_testbed.conversations import (  # noqa: E402
+    CANONICAL_REASONING,
+    WEATHER_ROUND_TRIP,
+)
+from tests.kimi_text import WEATHER_TOOL, call, section, token_deltas  # noqa: E402
 from vllm_kimi_tools import register, tokens  # noqa: E402
 
 
@@ -88,20 +91,11 @@ def _whole(cls: Any, tok: Any, prompt: list, text: str, **parser_kw: Any):
 def _stream(cls: Any, tok: Any, prompt: list, text: str, **parser_kw: Any):
     request = _request()
     parser = cls(tok, request.tools, **parser_kw)
-    ids = tok.encode(text, add_special_tokens=False)
     reasoning, content, names = "", "", []
-    for i, token in enumerate(ids):
-        delta = parser.parse_delta(
-            tok.decode([token]),
-            [token],
-            request,
-            prompt_token_ids=prompt,
-            finished=i == len(ids) - 1,
-        )
-        if delta is not None:
-            reasoning += delta.reasoning or ""
-            content += delta.content or ""
-            names += [tc.function.name for tc in delta.tool_calls if tc.function.name]
+    for delta in token_deltas(parser, tok, request, text, prompt):
+        reasoning += delta.reasoning or ""
+        content += delta.content or ""
+        names += [tc.function.name for tc in delta.tool_calls if tc.function.name]
     return reasoning or None, content or None, names
 
 
@@ -278,13 +272,12 @@ def test_a_seeded_count_numbers_streamed_calls_too(k25) -> None:
     context, request = _messageless_request()
     parser = cls(tok, request.tools, chat_template_kwargs={"thinking": False})
     parser.set_history_tool_call_count(context.history_tool_call_cnt)
-    ids = tok.encode(TWO_CALLS, add_special_tokens=False)
-    streamed = []
-    for i, token in enumerate(ids):
-        delta = parser.parse_delta(
-            tok.decode([token]), [token], request, finished=i == len(ids) - 1
-        )
-        streamed += [tc.id for tc in (delta.tool_calls if delta else []) if tc.id]
+    streamed = [
+        tc.id
+        for delta in token_deltas(parser, tok, request, TWO_CALLS)
+        for tc in delta.tool_calls
+        if tc.id
+    ]
     assert streamed == CONTINUED
 
 
@@ -302,27 +295,7 @@ def test_without_a_seeded_count_the_messages_count() -> None:
         method = Parser.set_history_tool_call_count
         assert forward_history_tool_call_count()
         assert Parser.set_history_tool_call_count is method
-    request = _request(
-        messages=[
-            {"role": "user", "content": "weather?"},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [
-                    {
-                        "id": "functions.get_weather:0",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": "{}"},
-                    }
-                ],
-            },
-            {
-                "role": "tool",
-                "tool_call_id": "functions.get_weather:0",
-                "content": "cold",
-            },
-        ]
-    )
+    request = _request(messages=WEATHER_ROUND_TRIP)
     ids = [c.id for c in _call_parser(request).parse_whole(TWO_CALLS).tool_calls]
     assert ids == ["functions.get_weather:1", "functions.get_weather:2"]
     seeded = _call_parser(request, 7).parse_whole(TWO_CALLS).tool_calls

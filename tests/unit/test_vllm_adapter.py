@@ -23,6 +23,7 @@ from tests.kimi_text import (  # noqa: E402
     WEATHER_TOOL,
     call,
     section,
+    token_deltas,
 )
 from vllm_kimi_tools import metrics, register, tokens  # noqa: E402
 
@@ -326,19 +327,10 @@ def test_robust_reasoning_parser_keeps_markup_out_of_reasoning(text, tinykimi) -
         ("get_weather", {"city": "a"})
     ]
     parser = cls(tok, request.tools)
-    ids = tok.encode(text, add_special_tokens=False)
     streamed_reasoning, streamed_calls = "", []
-    for i, token in enumerate(ids):
-        delta = parser.parse_delta(
-            tok.decode([token]),
-            [token],
-            request,
-            prompt_token_ids=[],
-            finished=i == len(ids) - 1,
-        )
-        if delta is not None:
-            streamed_reasoning += delta.reasoning or ""
-            streamed_calls += [tc.function.name for tc in delta.tool_calls]
+    for delta in token_deltas(parser, tok, request, text, []):
+        streamed_reasoning += delta.reasoning or ""
+        streamed_calls += [tc.function.name for tc in delta.tool_calls]
     assert streamed_reasoning == "hmm"
     assert streamed_calls == ["get_weather"]
     for marker in (SEC, CALL, ARG, END):
@@ -410,20 +402,10 @@ def test_thinking_after_a_tool_call_history_streams_as_reasoning(
     prompt = _history_prompt(tok)
     parser = cls(tok, request.tools)
     assert not parser.is_reasoning_end(prompt)
-    text = "<think>hmm</think>ok"
-    ids = tok.encode(text, add_special_tokens=False)
     reasoning, content = "", ""
-    for i, token in enumerate(ids):
-        delta = parser.parse_delta(
-            tok.decode([token]),
-            [token],
-            request,
-            prompt_token_ids=prompt,
-            finished=i == len(ids) - 1,
-        )
-        if delta is not None:
-            reasoning += delta.reasoning or ""
-            content += delta.content or ""
+    for delta in token_deltas(parser, tok, request, "<think>hmm</think>ok", prompt):
+        reasoning += delta.reasoning or ""
+        content += delta.content or ""
     assert (reasoning, content) == ("hmm", "ok")
 
 

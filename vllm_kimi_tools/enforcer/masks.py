@@ -138,7 +138,8 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
             if device.type == "cpu"
             else to_device(np.array(rows, dtype=np.int32), device),
         )
-        bitmask[rows] = -1  # safe: a device copy was made from a pinned copy
+        # Safe at once: the CPU kernel has read it; a device got a copy.
+        bitmask[rows] = -1
 
 
 def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:

@@ -60,6 +60,7 @@ from vllm_kimi_tools import tokens as kt
 from vllm_kimi_tools.enforcer.machine import MAX_BLANK_RUN
 from vllm_kimi_tools.enforcer.prompt import OutputStart
 from vllm_kimi_tools.enforcer.spec import AUTO, EnforcerSpec, ToolGrammar
+from vllm_kimi_tools.enforcer.vocab import Markers
 from vllm_kimi_tools.parser.tool_ids import make_tool_call_id
 
 # Calls whose index the tag pins (first_index, first_index + 1, ...); later
@@ -104,33 +105,13 @@ class TagOptions:
     max_nesting: int = MAX_TAG_NESTING
 
 
-@dataclass(frozen=True)
-class _Ids:
-    section_begin: int
-    section_end: int
-    call_begin: int
-    argument_begin: int
-    call_end: int
-    think_begin: int
-    think_end: int
-    stops: tuple[int, ...]
-
-    @classmethod
-    def from_vocab(cls, vocab: Mapping[str, int]) -> _Ids:
-        needed = (*kt.REQUIRED_TOOL_TOKENS, kt.THINK_BEGIN, kt.THINK_END)
-        missing = [t for t in needed if t not in vocab]
-        if missing:
-            raise ValueError(f"not a Kimi vocabulary; missing {', '.join(missing)}")
-        return cls(
-            section_begin=vocab[kt.TOOL_CALLS_SECTION_BEGIN],
-            section_end=vocab[kt.TOOL_CALLS_SECTION_END],
-            call_begin=vocab[kt.TOOL_CALL_BEGIN],
-            argument_begin=vocab[kt.TOOL_CALL_ARGUMENT_BEGIN],
-            call_end=vocab[kt.TOOL_CALL_END],
-            think_begin=vocab[kt.THINK_BEGIN],
-            think_end=vocab[kt.THINK_END],
-            stops=tuple(vocab[t] for t in (kt.IM_END, "[EOS]") if t in vocab),
-        )
+def _markers(vocab: Mapping[str, int]) -> Markers:
+    """The vocabulary's Kimi markers; the tag needs the think markers too."""
+    markers = Markers.from_vocab(vocab)
+    missing = [t for t in (kt.THINK_BEGIN, kt.THINK_END) if t not in vocab]
+    if missing:
+        raise ValueError(f"not a Kimi vocabulary; missing {', '.join(missing)}")
+    return markers
 
 
 def spec_structural_tag(
@@ -146,7 +127,7 @@ def spec_structural_tag(
     :class:`TagTooDeepError` where no tag fits ``options.max_nesting``.
     """
     options = options or TagOptions()
-    ids = _Ids.from_vocab(vocab or kt.SPECIAL_TOKEN_IDS)
+    ids = _markers(vocab or kt.SPECIAL_TOKEN_IDS)
     if spec.choice != AUTO and not spec.tools:
         raise ValueError("tool_choice forces a call, but no tool can be called")
     pinned = max(1, options.pinned_calls)
@@ -191,7 +172,7 @@ def nesting(value: Any) -> int:
 
 
 class _Builder:
-    def __init__(self, spec: EnforcerSpec, ids: _Ids, options: TagOptions) -> None:
+    def __init__(self, spec: EnforcerSpec, ids: Markers, options: TagOptions) -> None:
         self.spec, self.ids, self.options = spec, ids, options
         self.forced = spec.choice != AUTO
         self.single = self.forced or not spec.parallel
