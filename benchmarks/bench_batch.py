@@ -166,7 +166,10 @@ def run_batch(
 
     section = tokens.SPECIAL_TOKEN_IDS[tokens.TOOL_CALLS_SECTION_BEGIN]
 
-    def next_tokens() -> None:
+    def next_tokens() -> BatchUpdate | None:
+        """Each row's next token; a finished row takes the next request (an
+        added request at a finished row's index replaces it, as vLLM's batch
+        updates say: that index is not also ``removed``)."""
         finished = []
         for row, (_, script) in enumerate(requests):
             if cursors[row] < len(script):
@@ -184,9 +187,8 @@ def run_batch(
                 start = script.index(section) if cold and section in script else 0
                 outputs[row], cursors[row] = list(script[:start]), start
                 added.append((row, requests[row][0], [1, 2, 3], outputs[row]))
-            lp.update_state(
-                BatchUpdate(batch_size=batch, removed=finished, added=added, moved=[])
-            )
+            return BatchUpdate(batch_size=batch, removed=[], added=added, moved=[])
+        return None
 
     tensor_s: list[float] = []
     real_apply = lp._apply
@@ -197,15 +199,24 @@ def run_batch(
         tensor_s.append(time.perf_counter() - t0)
 
     lp._apply = timed_apply  # type: ignore[method-assign]
+    xgrammar_s = _time_xgrammar_calls()
     batcher = xgr.BatchGrammarMatcher()
     bitmask = xgr.allocate_token_bitmask(batch, VOCAB)
-    total, host, tensor, xgram, dense = [], [], [], [], []
+    total, host, tensor, xgram, dense, in_xgrammar = [], [], [], [], [], []
     syncs, busy_host = [], []
     phases: Counter[str] = Counter()
+    per_step_phases: list[dict[str, int]] = []
+    joined = 0
     for _ in range(steps):
-        next_tokens()
+        update = next_tokens()
+        joined += len(update.added) if update is not None else 0
         logits = base.clone()
         tensor_s.clear()
+        xgrammar_s.clear()
+        # The step: the batch update (new requests' specs read), then apply.
+        t0 = time.perf_counter()
+        lp.update_state(update)
+        updated = time.perf_counter() - t0
         if on_gpu:
             spent, n_syncs, host_busy = _gpu_step(lp, logits, busy_ms)
             syncs.append(n_syncs)
@@ -214,17 +225,23 @@ def run_batch(
             t0 = time.perf_counter()
             lp.apply(logits)
             spent = time.perf_counter() - t0
+        spent += updated
         total.append(spent)
+        in_xgrammar.append(sum(xgrammar_s))
         tensor.append(sum(tensor_s))
         host.append(spent - sum(tensor_s))
+        xgrammar_s.append(-1.0)  # not the processor's: stop counting
         # The same argument rows through xgrammar's batch path.
         rows, matchers = [], []
+        step_phases: Counter[str] = Counter()
         for row, req in lp._requests.items():
             enforcer = req.enforcer
-            phases[enforcer.phase.name if enforcer is not None else "OFF"] += 1
+            step_phases[enforcer.phase.name if enforcer is not None else "OFF"] += 1
             if enforcer is not None and enforcer.phase is Phase.ARGS:
                 rows.append(row)
                 matchers.append(enforcer._ensure_matcher())
+        phases.update(step_phases)
+        per_step_phases.append(dict(step_phases))
         other = base.clone()
         t0 = time.perf_counter()
         if rows:
@@ -260,9 +277,12 @@ def run_batch(
         "steps": steps,
         "apply_ms": _ms(total),
         "apply_max_ms": max(total) * 1e3,
+        # Where the rows were (after the step) in the slowest step.
+        "slowest_step_phases": per_step_phases[total.index(max(total))],
         "slowest_over_median": max(total) / statistics.median(total),
         "host_ms": _ms(host),
         "host_us_per_row": _ms(host) * 1e3 / batch,
+        "host_xgrammar_ms": _ms(in_xgrammar),
         "tensor_ms": _ms(tensor),
         "xgrammar_batch_ms": _ms(xgram),
         "max_pass_ms": _ms(dense),
@@ -270,7 +290,44 @@ def run_batch(
         "phase_mix": {k: round(v / n, 3) for k, v in sorted(phases.items())},
         "apply_steps_ms": [round(s * 1e3, 3) for s in total],
         "stood_down": stood_down,
+        "joined": joined,
     }
+
+
+_XGRAMMAR_SPENT: list[float] | None = None
+
+
+def _time_xgrammar_calls() -> list[float]:
+    """Time spent in xgrammar's matcher calls (building matchers, accepting
+    tokens, filling bitmasks) from now on: the seconds of each call, summed
+    by the caller; a -1 in the list stops the counting until it is cleared.
+    Patched once per process."""
+    global _XGRAMMAR_SPENT
+    if _XGRAMMAR_SPENT is not None:
+        return _XGRAMMAR_SPENT
+    spent: list[float] = []
+    _XGRAMMAR_SPENT = spent
+
+    def timed(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if spent and spent[-1] < 0:
+                return fn(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        return call
+
+    for cls, name in (
+        (xgr.GrammarMatcher, "__init__"),
+        (xgr.GrammarMatcher, "accept_token"),
+        (xgr.GrammarMatcher, "fill_next_token_bitmask"),
+        (xgr.BatchGrammarMatcher, "batch_fill_next_token_bitmask"),
+    ):
+        setattr(cls, name, timed(getattr(cls, name)))
+    return spent
 
 
 def _settle(on_gpu: bool) -> None:
@@ -328,11 +385,13 @@ def _markdown(result: dict[str, Any]) -> str:
         ),
         "",
         (
-            "| batch | `apply()` ms | host ms (µs/row) | tensor ms | slowest / median "
+            "| batch | `apply()` ms | host ms (µs/row) | of which in xgrammar, ms "
+            "| tensor ms | slowest / median "
             "| xgrammar batch fill + apply, same argument rows, ms | one `max` pass "
-            "ms | apply / xgrammar | rows: text / header / args | stood down |"
+            "ms | apply / xgrammar | rows: text / header / args | requests joined "
+            "| stood down |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         mix = r["phase_mix"]
@@ -341,10 +400,12 @@ def _markdown(result: dict[str, Any]) -> str:
         args = mix.get("ARGS", 0)
         lines.append(
             f"| {r['batch']} | {r['apply_ms']:.2f} | {r['host_ms']:.2f} "
-            f"({r['host_us_per_row']:.1f}) | {r['tensor_ms']:.2f} | "
+            f"({r['host_us_per_row']:.1f}) | {r.get('host_xgrammar_ms', 0):.2f} | "
+            f"{r['tensor_ms']:.2f} | "
             f"{r['slowest_over_median']:.2f} | {r['xgrammar_batch_ms']:.2f} | "
             f"{r['max_pass_ms']:.2f} | {_ratio(r)} | "
-            f"{text:.0%} / {header:.0%} / {args:.0%} | {r['stood_down']} |"
+            f"{text:.0%} / {header:.0%} / {args:.0%} | {r.get('joined', 0)} | "
+            f"{r['stood_down']} |"
         )
     if any(r.get("cold") for r in result["rows"]):
         lines += [
@@ -392,11 +453,19 @@ def _markdown(result: dict[str, Any]) -> str:
             "bitmask kernel), plus the blocked-token tally on its sampled rows. "
             "The xgrammar column fills and applies bitmasks for the rows in "
             "arguments only, with the Enforcer's own matchers, through xgrammar's "
-            "thread pool (—: no argument row in the median step). At batch 1 and "
-            "8 the slowest step is one where a finished row's new request builds "
-            "its machine, against a median of hundredths of a millisecond. CPU "
-            "only: on a GPU the tensor part moves to the device and the host part "
-            "stays."
+            "thread pool (—: no argument row in the median step). In xgrammar: "
+            "the host time inside xgrammar's matcher calls (building matchers, "
+            "accepting tokens, filling bitmasks), the part no Python work of the "
+            "Enforcer's can remove. Requests joined: finished rows that took a "
+            "new request during the run (its spec read in `update_state`, timed "
+            "with the step). At batch 1 and 8 a step costs what its few rows' "
+            "phases cost: a row in free text a few microseconds, a row in its "
+            "arguments or at a call's start tenths of a millisecond (a bitmask "
+            "fill, a matcher built), so the slowest step against a median in "
+            "free text is many times the median there (the slowest step's "
+            "phases are in the JSON). CPU only: on a GPU the tensor part moves "
+            "to the device (one bitmask and one kernel for every enforced row) "
+            "and the host part stays."
         ),
         "",
     ]

@@ -171,6 +171,46 @@ def test_accept_refuses_what_the_length_mask_refused(
     assert enforcer.phase is Phase.OFF and "not allowed" in enforcer.off_reason
 
 
+def test_rows_in_the_same_state_share_one_mask_beyond_the_grammar(
+    tiny_store, tiny_tokenizer
+) -> None:
+    """Two requests at the same point of a bounded string share one
+    read-only array for the masks beyond the grammar: the AND of the marker,
+    quote and length masks, computed once; a row is the grammar's AND it."""
+    bounded = {
+        "type": "object",
+        "properties": {"v": {"type": "string", "maxLength": 3}},
+    }
+    table = tiny_store.table
+    prefix = "<|tool_calls_section_begin|>" + call("f", 0, '{"v":"a').removesuffix(
+        "<|tool_call_end|>"
+    )
+    rows, beyond = [], []
+    for _ in range(2):
+        enforcer = enforcer_for(tiny_store, {"f": bounded})
+        assert drive(enforcer, tiny_tokenizer, prefix).ok
+        row = np.full((table.vocab_size + 31) // 32, -1, np.int32)
+        enforcer.directive(row)
+        rows.append(row)
+        beyond.append(enforcer._narrowed)
+    assert beyond[0] is beyond[1] and not beyond[0].flags.writeable
+    cursor = enforcer.cursor
+    assert cursor is not None
+    where = cursor.where()
+    lengths = enforcer._lengths_here(enforcer._by_name["f"], cursor, where)
+    assert lengths is not None
+    parts = (
+        table.special_clear_words
+        & table.quotes.words(where)
+        & table.lengths.words(cursor.chars, lengths, cursor.escape_left)
+    )
+    assert np.array_equal(beyond[0], parts)
+    grammar = np.full_like(rows[0], -1)
+    enforcer.fill_grammar(grammar)
+    assert np.array_equal(rows[0], grammar & parts)
+    assert np.array_equal(rows[0], rows[1])
+
+
 def test_with_no_tool_callable_no_call_opens(tiny_store, tiny_tokenizer) -> None:
     huge = {
         "type": "object",
@@ -342,6 +382,8 @@ def test_the_steady_ban_is_the_directive_where_it_is_given(
     """The batch's fast path: wherever ``steady_ban`` is set it is exactly the
     directive, and an ordinary token taken there changes nothing else."""
     enforcer = enforcer_for(tiny_store, TOOLS, start=start, **kw)
+    # The same tokens through ``accept_text`` wherever it takes them.
+    fast = enforcer_for(tiny_store, TOOLS, start=start, **kw)
     special = tiny_store.table.special_ids
     seen = set()
     for token in tiny_tokenizer.encode(text, add_special_tokens=False):
@@ -354,5 +396,16 @@ def test_the_steady_ban_is_the_directive_where_it_is_given(
         if ban is not None and token not in special:
             assert enforcer.phase is phase
             assert enforcer.steady_ban == ban or enforcer.tokens == 1
+        took = fast.accept_text(token)
+        assert took == (ban is not None and token not in special)
+        assert took or fast.accept(token)
+        assert (fast.phase, fast.tokens, fast.steady_ban) == (
+            enforcer.phase,
+            enforcer.tokens,
+            enforcer.steady_ban,
+        )
     assert enforcer.phase is not Phase.OFF
     assert seen == steady
+    # Never a placeholder (async scheduling) or a marker: those need accept.
+    assert not fast.accept_text(-1)
+    assert not fast.accept_text(tiny_store.table.markers.section_begin)

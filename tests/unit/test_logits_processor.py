@@ -607,6 +607,23 @@ def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
     assert allowed_count(sparse) == 96 <= SPARSE_ROW_MAX
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_first_choices_are_each_rows_argmax(dtype) -> None:
+    """The blocked tally's first choices (NumPy on CPU where it can read the
+    dtype, torch elsewhere): the first maximum of each row, -inf rows too."""
+    from vllm_kimi_tools.enforcer.masks import first_choices
+
+    logits = torch.randn(6, V).to(dtype)
+    logits[1, 7] = logits[1, 70_000] = 1e4  # a tie: the first wins
+    logits[3] = float("-inf")
+    logits[3, 163_000] = 0.0
+    rows = [0, 1, 3, 5]
+    with torch.inference_mode():  # as vLLM's sampler runs
+        got = first_choices(logits, rows, torch.tensor(rows))
+    assert got.tolist() == logits[rows].float().argmax(dim=-1).tolist()
+    assert got[1] == 7 and got[2] == 163_000
+
+
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_filled_rows_are_routed_and_applied_together(contiguous: bool) -> None:
     """Filled bitmask rows, routed in one pass: sparse rows become keep-lists
@@ -656,6 +673,45 @@ def test_filled_rows_are_routed_and_applied_together(contiguous: bool) -> None:
     assert torch.equal(logits[5], before[5])
 
 
+def test_one_bitmask_plan_masks_as_the_per_kind_plan() -> None:
+    """The GPU plan (every row's directive written into its bitmask row, one
+    kernel) leaves the logits exactly as the CPU plan (scatters, keep-lists,
+    the kernel for dense rows) does; run here on CPU tensors."""
+    from vllm_kimi_tools.enforcer.machine import FILLED, Ban, Only
+    from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan
+
+    rng = np.random.default_rng(1)
+    width = V // 32
+    grammar = np.full((8, width), -1, dtype=np.int32)
+    grammar[2, : width // 2] = 0  # dense
+    grammar[3] = 0
+    grammar[3, [0, 9]] = [-(1 << 31), 6]  # sparse: ids 31, 289, 290
+    directives = {
+        0: Ban((5, 6, 31, 32, V - 1)),  # two ids in a word, a word's last bit
+        1: Only((0, 31, 63, 64, V - 1)),
+        2: FILLED,
+        3: FILLED,
+        4: Ban((5, 6, 31, 32, V - 1)),  # the same tuple: one scatter
+        5: Only((163_597,)),
+        6: Ban((7,)),
+    }  # row 7: not enforced
+    values = rng.standard_normal((8, V)).astype(np.float32)
+    out = []
+    for one in (False, True):
+        plan, bitmask = MaskPlan(one_bitmask=one), grammar.copy()
+        for row, directive in directives.items():
+            plan.add(row, directive)
+        plan.finish(bitmask)
+        logits = torch.from_numpy(values.copy())
+        apply_plan(logits, plan, bitmask)
+        assert (bitmask == -1).all()  # reset for the next step
+        out.append(logits)
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[1][7], torch.from_numpy(values[7]))
+    assert int((~torch.isneginf(out[1][3])).sum()) == 3
+    assert int(torch.isneginf(out[1][0]).sum()) == 5
+
+
 def test_header_continuations_are_shared_and_bounded(
     grammar_store, monkeypatch
 ) -> None:
@@ -663,15 +719,28 @@ def test_header_continuations_are_shared_and_bounded(
 
     table = grammar_store.table
     targets = (b"functions.get_weather:0", b"functions.search:0")
+
+    def every_token_that_continues(written: bytes) -> tuple[int, ...]:
+        return tuple(
+            i
+            for i, data in enumerate(table.token_bytes)
+            if data
+            and i not in table.special_ids
+            and any(t.startswith(written + data) for t in targets)
+        )
+
     first = table.continuations(b"functions.", targets)
-    assert first == table._continue(b"functions.", targets) and first
+    assert first == every_token_that_continues(b"functions.") and first
     assert table.continuations(b"functions.", list(targets)) is first  # memo
+    # A tool set sharing a tool reuses that tool's lists.
+    assert b"get_weather:0" in table._prefix_tokens
     monkeypatch.setattr(vocab, "CONTINUATIONS_CACHE", 2)
     monkeypatch.setattr(table, "_continuations", {})
-    for written in (b"", b"f", b"fu", b"fun"):
+    monkeypatch.setattr(table, "_prefix_tokens", {})
+    for written in (b"", b"f", b"fu", b"fun", b"functions.s", b"functions.search:0"):
         got = table.continuations(written, targets)
-        assert got == table._continue(written, targets)
-        assert len(table._continuations) <= 2
+        assert got == every_token_that_continues(written)
+        assert len(table._continuations) <= 2 and len(table._prefix_tokens) <= 2
 
 
 ARGS_OPEN = (
@@ -751,14 +820,16 @@ def test_blocked_tally_is_spread_over_the_steps(grammar_store, m, monkeypatch):
     lp.update_state(
         update(added=[(i, params(), [1], outs[i]) for i in range(8)], size=8)
     )
+    from vllm_kimi_tools.enforcer import logits_processor as lp_module
+
     looked: list[int] = []
-    real_argmax = torch.Tensor.argmax
+    real = lp_module.first_choices
     monkeypatch.setattr(
-        torch.Tensor,
-        "argmax",
-        lambda self, *a, **kw: (
-            looked.append(self.shape[0]),
-            real_argmax(self, *a, **kw),
+        lp_module,
+        "first_choices",
+        lambda logits, rows, rows_t: (
+            looked.append(len(rows)),
+            real(logits, rows, rows_t),
         )[1],
     )
     before = metrics.counts().get(metrics.BLOCKED_TOKENS_TOTAL, 0)
@@ -836,3 +907,48 @@ def test_a_bad_vocabulary_tables_setting_names_the_variable(monkeypatch) -> None
     config = SimpleNamespace(model_config=SimpleNamespace(skip_tokenizer_init=True))
     with pytest.raises(ValueError, match="KIMI_TOOLS_VOCAB_TABLES='sometimes'"):
         KimiToolEnforcer(config, torch.device("cpu"), False)
+
+
+def test_the_gpu_plan_masks_a_batch_as_the_cpu_plan(
+    grammar_store, kimi_tokenizer, monkeypatch
+) -> None:
+    """The processor with the one-bitmask plan a GPU gets (forced here on CPU
+    tensors) masks every step of a mixed batch (free text, call headers,
+    arguments, a row it does not enforce) exactly as with the CPU plan."""
+    import functools
+
+    from kimi_testbed.wire import call, section
+    from vllm_kimi_tools.enforcer import logits_processor as lp_module
+    from vllm_kimi_tools.enforcer.masks import MaskPlan
+
+    scripts = [
+        kimi_tokenizer.encode(text, add_special_tokens=False)
+        for text in (
+            "Let me look." + section(call("get_weather", {"city": "Oslo"}, 0)),
+            section(call("get_weather", {"city": "Ulan Bator"}, 0)) + "<|im_end|>",
+            "It is sunny in Oslo today, and warm.<|im_end|>",
+        )
+    ]
+    outs: list[list[list[int]]] = [[[] for _ in scripts] for _ in range(2)]
+    procs = [processor(grammar_store), processor(grammar_store)]
+    for lp, out in zip(procs, outs):
+        added = [(i, params(), [1], out[i]) for i in range(len(scripts))]
+        added.append((3, SamplingParams(), [1], []))  # not enforced
+        lp.update_state(update(added=added, size=4))
+    rng = np.random.default_rng(2)
+    gpu_plan = functools.partial(MaskPlan, one_bitmask=True)
+    for step in range(max(map(len, scripts))):
+        values = torch.from_numpy(rng.standard_normal((4, V)).astype(np.float32))
+        masked = []
+        for lp, plan in zip(procs, (MaskPlan, gpu_plan)):
+            monkeypatch.setattr(lp_module, "MaskPlan", plan)
+            logits = values.clone()
+            lp.apply(logits)
+            masked.append(logits)
+        assert torch.equal(masked[0], masked[1]), step
+        assert torch.equal(masked[1][3], values[3])
+        for out in outs:
+            for i, script in enumerate(scripts):
+                if step < len(script):
+                    out[i].append(script[step])
+    assert not any(req.stood_down for lp in procs for req in lp._requests.values())

@@ -362,12 +362,26 @@ class QuoteMasks:
                     allowed[where, i] = opens_no_value_early(data, where)
                 opening[i] = _opening_chars(data)
         self._words = np.stack([_pack(row) for row in allowed])
+        self._words.flags.writeable = False
+        # One stable array per place (callers memoise by identity).
+        self._by_where = [self._words[where] for where in Where]
         self._opening = opening
         self._cap = int(opening.max(initial=0))
         self._opening_cache: dict[int, np.ndarray] = {}
+        self._with_opening: dict[tuple[Where, int], np.ndarray] = {}
 
     def words(self, where: Where) -> np.ndarray:
-        return self._words[where]
+        return self._by_where[where]
+
+    def words_opening(self, where: Where, room: int | None) -> np.ndarray:
+        """``words(where) | opening_words(room)``, memoised (read-only)."""
+        key = (where, self._cap if room is None else min(room, self._cap))
+        words = self._with_opening.get(key)
+        if words is None:
+            words = self._words[where] | self.opening_words(room)
+            words.flags.writeable = False
+            self._with_opening[key] = words
+        return words
 
     def opening_words(self, room: int | None) -> np.ndarray:
         """Where a value string is expected whose path allows at most

@@ -63,7 +63,12 @@ from vllm_kimi_tools._compat import (
     tokenizer_for,
 )
 from vllm_kimi_tools.enforcer.machine import Ban, Only, Phase, RequestEnforcer
-from vllm_kimi_tools.enforcer.masks import MaskPlan, apply_plan, to_device
+from vllm_kimi_tools.enforcer.masks import (
+    MaskPlan,
+    apply_plan,
+    first_choices,
+    to_device,
+)
 from vllm_kimi_tools.enforcer.prompt import OutputStart, start_from_tail
 from vllm_kimi_tools.enforcer.schema_checks import (
     MAX_SCHEMA_DEPTH,
@@ -340,7 +345,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
         bitmask = self._bitmask
-        plan = MaskPlan()
+        # A GPU: every row through one bitmask and one kernel.
+        plan = MaskPlan(one_bitmask=logits.device.type != "cpu")
         bans = plan.bans
         active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
@@ -481,7 +487,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         )
         if watched:
             watched_t = to_device(np.array(watched, dtype=np.int64), logits.device)
-            before = logits[watched_t].argmax(dim=-1)
+            before = first_choices(logits, watched, watched_t)
         apply_plan(logits, plan, self._bitmask)
         for row, req in guarded:
             if torch.isneginf(logits[row]).all():
@@ -623,13 +629,21 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
         rows: list[tuple[int, _Request]] = []
+        size = logits.shape[0]
         for row, req in self._requests.items():
-            if row >= logits.shape[0]:
+            if row >= size:
                 continue
-            output = req.output or []
-            if len(output) > req.consumed:
-                self._accept(req, output[req.consumed :])
-                req.consumed = len(output)
+            output = req.output
+            if output is not None and (n := len(output)) > req.consumed:
+                enforcer = req.enforcer
+                # Most rows: one new token of free text (nothing to do).
+                if not (
+                    n == req.consumed + 1
+                    and enforcer is not None
+                    and enforcer.accept_text(output[-1])
+                ):
+                    self._accept(req, output[req.consumed :])
+                req.consumed = n
             rows.append((row, req))
         self._mask(logits, rows)
         return logits
@@ -692,6 +706,10 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         written = pos - prompt_len + 1  # output tokens committed so far
         missing = written - req.consumed
         if missing <= 0:
+            return
+        enforcer = req.enforcer
+        if missing == 1 and enforcer is not None and enforcer.accept_text(newest):
+            req.consumed = written
             return
         history: list[int] = []
         if missing > 1:  # resumed after preemption: read the history

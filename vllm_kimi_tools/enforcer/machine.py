@@ -152,6 +152,7 @@ class RequestEnforcer:
         # The last argument row where masks beyond the grammar narrowed it:
         # ``accept`` refuses what that row refused, as it does the grammar's.
         self._narrowed: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None  # one bitmask row, reused
         # Length bounds by JSON path, per tool (memoised, bounded walks).
         self._index: dict[str, SchemaIndex] = {}
         self._unbounded: set[str] = set()  # tools whose lengths were dropped
@@ -301,40 +302,56 @@ class RequestEnforcer:
 
     def _args_mask(self, row: np.ndarray) -> bool:
         """Narrow the grammar's ``row``; False when no token is left."""
-        replying = self._tool is None
-        row &= (
+        clear = (
             self._table.reply_clear_words
-            if replying
+            if self._tool is None
             else self._table.special_clear_words
         )
         self._narrowed = None
-        cursor = self._cursor
-        tool = self._json_grammar()
-        bounded = cursor is not None and tool is not None and self._bounded(tool)
-        blanks = cursor is not None and cursor.blank_run >= MAX_BLANK_RUN
-        if not (bounded or blanks):
+        beyond = self._beyond_grammar(clear)
+        if beyond is None:
+            row &= clear
             return bool(row.any())
-        grammar = row.copy()
-        assert cursor is not None
-        if blanks:
-            row &= self._table.no_blank_start_words
-        if bounded:
-            assert tool is not None and tool.lengths is not None
-            where = cursor.where()
-            row &= self._quote_words(tool, cursor, where)
-            lengths = self._lengths_here(tool, cursor, where)
-            if lengths is not None:
-                row &= self._table.lengths.words(
-                    cursor.chars, lengths, cursor.escape_left
-                )
-        if row.any():
-            self._narrowed = row.copy()
+        if self._scratch is None:
+            self._scratch = np.empty_like(row)
+        narrowed = np.bitwise_and(row, beyond, out=self._scratch)
+        if narrowed.any():
+            row[:] = narrowed
+            # What ``accept`` checks beyond the grammar (and the markers).
+            self._narrowed = beyond
             return True
         # Safety net (a schema the masks cannot serve, e.g. a pattern that
         # needs more characters than maxLength leaves): the grammar's row.
         self._degrade("dead_end")
-        row[:] = grammar
+        row &= clear
         return bool(row.any())
+
+    def _beyond_grammar(self, clear: np.ndarray) -> np.ndarray | None:
+        """The masks beyond the grammar at the cursor, ANDed with ``clear``
+        into one (memoised by the table: rows in the same state share it);
+        None where only ``clear`` applies."""
+        cursor = self._cursor
+        if cursor is None:
+            return None
+        tool = self._json_grammar()
+        bounded = tool is not None and self._bounded(tool)
+        blanks = cursor.blank_run >= MAX_BLANK_RUN
+        if not (bounded or blanks):
+            return None
+        table = self._table
+        parts: list[np.ndarray] = [clear]
+        if blanks:
+            parts.append(table.no_blank_start_words)
+        if bounded:
+            assert tool is not None and tool.lengths is not None
+            where = cursor.where()
+            parts.append(self._quote_words(tool, cursor, where))
+            lengths = self._lengths_here(tool, cursor, where)
+            if lengths is not None:
+                parts.append(
+                    table.lengths.words(cursor.chars, lengths, cursor.escape_left)
+                )
+        return table.combined_words(parts)
 
     @property
     def fallbacks(self) -> int:
@@ -383,13 +400,12 @@ class RequestEnforcer:
         self, tool: ToolGrammar, cursor: JsonCursor, where: Where
     ) -> np.ndarray:
         quotes = self._table.quotes
-        words = quotes.words(where)
         if where in (Where.VALUE_OBJ, Where.VALUE_ARR):
             # The string about to open is at the cursor's path: a token may
             # open it and write what its bound leaves room for.
             lengths = self._lengths_at(tool, cursor.path())
-            words = words | quotes.opening_words(lengths.high if lengths else None)
-        return words
+            return quotes.words_opening(where, lengths.high if lengths else None)
+        return quotes.words(where)
 
     def _lengths_here(
         self, tool: ToolGrammar, cursor: JsonCursor, where: Where
@@ -440,6 +456,15 @@ class RequestEnforcer:
         if not ok:
             self.stop(f"token {token} not allowed in phase {self.phase.value}")
         return ok
+
+    def accept_text(self, token: int) -> bool:
+        """:meth:`accept`'s fast path, for a batch: an ordinary token in free
+        text or thinking is counted, and nothing else changes. False where
+        that is not the case (nothing done: call :meth:`accept`)."""
+        if token < 0 or token in self._special or self.steady_ban is None:
+            return False
+        self.tokens += 1
+        return True
 
     def stop(self, reason: str) -> None:
         self.phase = Phase.OFF

@@ -17,7 +17,9 @@ per kind for the whole batch::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -56,21 +58,25 @@ class MaskPlan:
     # Ban lists by their ids: the machines reuse a few tuples, so the rows
     # in free text are banned with one scatter per tuple.
     bans: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
-    keep_rows: list[int] = field(default_factory=list)
-    keep_sel: list[np.ndarray] = field(default_factory=list)  # row of each id
-    keep_ids: list[np.ndarray] = field(default_factory=list)
+    # Keep-lists: the rows' own id tuples (one array for all at the end),
+    # then the sparse grammar rows' ids (row of each id, id).
+    only_rows: list[int] = field(default_factory=list)
+    only_ids: list[tuple[int, ...]] = field(default_factory=list)
+    sparse_rows: list[int] = field(default_factory=list)
+    sparse_sel: np.ndarray | None = None
+    sparse_ids: np.ndarray | None = None
     filled: list[int] = field(default_factory=list)  # until finish()
     dense_rows: list[int] = field(default_factory=list)  # rows of the bitmask
+    # Every row through the bitmask, one kernel (for a GPU; see apply_plan).
+    one_bitmask: bool = False
 
     def add(self, row: int, directive: Ban | Only | Fill) -> None:
         """Add ``row``'s directive (Fill: its bitmask row is filled)."""
         if isinstance(directive, Ban):
             self.bans.setdefault(directive.ids, []).append(row)
         elif isinstance(directive, Only):
-            ids = np.array(directive.ids, dtype=np.int64)
-            self.keep_rows.append(row)
-            self.keep_sel.append(np.full(len(ids), row, dtype=np.int64))
-            self.keep_ids.append(ids)
+            self.only_rows.append(row)
+            self.only_ids.append(directive.ids)
         else:
             self.filled.append(row)
 
@@ -79,22 +85,43 @@ class MaskPlan:
         keep-list (its bitmask row reset), the others go to the kernel."""
         if not self.filled:
             return
+        if self.one_bitmask:  # no routing: the kernel takes every row
+            self.dense_rows.extend(self.filled)
+            self.filled = []
+            return
         rows = np.array(self.filled, dtype=np.int64)
         self.filled = []
-        counts = allowed_count(bitmask[rows])
-        sparse = rows[counts <= SPARSE_ROW_MAX]
-        self.dense_rows.extend(rows[counts > SPARSE_ROW_MAX].tolist())
+        words = bitmask[rows]
+        is_sparse = allowed_count(words) <= SPARSE_ROW_MAX
+        sparse = rows[is_sparse]
+        self.dense_rows.extend(rows[~is_sparse].tolist())
         if len(sparse):
-            which, ids = set_bits(bitmask[sparse])
-            self.keep_rows.extend(sparse.tolist())
-            self.keep_sel.append(sparse[which])
-            self.keep_ids.append(ids)
+            which, ids = set_bits(
+                words[is_sparse] if len(sparse) < len(rows) else words
+            )
+            self.sparse_rows.extend(sparse.tolist())
+            self.sparse_sel, self.sparse_ids = sparse[which], ids
             bitmask[sparse] = -1
+
+    @property
+    def keep_rows(self) -> list[int]:
+        """Rows left with a short list of ids."""
+        return [*self.only_rows, *self.sparse_rows]
+
+    def keep_lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every keep-list at once: (row of each kept id, the id)."""
+        sizes = np.fromiter(map(len, self.only_ids), np.int64, len(self.only_ids))
+        sel = [np.repeat(np.array(self.only_rows, dtype=np.int64), sizes)]
+        ids = [np.fromiter(chain.from_iterable(self.only_ids), np.int64, sizes.sum())]
+        if self.sparse_sel is not None and self.sparse_ids is not None:
+            sel.append(self.sparse_sel)
+            ids.append(self.sparse_ids)
+        return np.concatenate(sel), np.concatenate(ids)
 
     @property
     def narrowed_rows(self) -> list[int]:
         """Rows left with a short list or a grammar (not free-text bans)."""
-        return [*self.keep_rows, *self.dense_rows]
+        return [*self.only_rows, *self.sparse_rows, *self.dense_rows]
 
 
 def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> None:
@@ -106,26 +133,30 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
     ``logits`` (vLLM's are).
     """
     device = logits.device
+    if plan.one_bitmask:
+        _apply_as_one_bitmask(logits, plan, bitmask)
+        return
     for ids, rows in plan.bans.items():
         logits[
             to_device(np.array(rows, dtype=np.int64), device).unsqueeze(1),
             to_device(np.array(ids, dtype=np.int64), device),
         ] = float("-inf")
-    if plan.keep_rows:
+    keep_rows = plan.keep_rows
+    if keep_rows:
         # Keep-lists: gather the kept logits, fill the rows, put them back;
         # by flat index (one-dimensional gathers and copies are several times
         # faster than two-dimensional advanced indexing).
-        sel, ids = np.concatenate(plan.keep_sel), np.concatenate(plan.keep_ids)
+        sel, ids = plan.keep_lists()
         if logits.is_contiguous():
             flat = logits.view(-1)
             where = to_device(sel * logits.shape[1] + ids, device)
             kept = flat.index_select(0, where)
-            _fill_rows(logits, plan.keep_rows)
+            _fill_rows(logits, keep_rows)
             flat.index_copy_(0, where, kept)
         else:
             sel_t, ids_t = to_device(sel, device), to_device(ids, device)
             kept = logits[sel_t, ids_t]
-            _fill_rows(logits, plan.keep_rows)
+            _fill_rows(logits, keep_rows)
             logits[sel_t, ids_t] = kept
     if plan.dense_rows:
         import xgrammar as xgr
@@ -142,6 +173,58 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
         bitmask[rows] = -1
 
 
+def _apply_as_one_bitmask(
+    logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray
+) -> None:
+    """Write every row's directive into its bitmask row (a ban clears a few
+    bits, a keep-list sets a few), then one xgrammar kernel for all rows.
+    Where each kernel costs a launch and the bitmask kernel a fraction of a
+    millisecond for the whole batch: a GPU."""
+    words = bitmask.view(np.uint32).reshape(-1)
+    width = bitmask.shape[1]
+    rows: list[int] = []
+    for ids, banned in plan.bans.items():
+        at, bits = _word_bits(ids)
+        where = (np.array(banned, dtype=np.int64)[:, None] * width + at).reshape(-1)
+        words[where] &= np.tile(~bits, len(banned))
+        rows += banned
+    if plan.only_rows:
+        sel, ids = plan.keep_lists()
+        bitmask[plan.only_rows] = 0
+        np.bitwise_or.at(words, sel * width + (ids >> 5), _bits(ids))
+        rows += plan.only_rows
+    rows += plan.dense_rows
+    if not rows:
+        return
+    import xgrammar as xgr
+
+    device = logits.device
+    xgr.apply_token_bitmask_inplace(
+        logits,
+        to_device(bitmask[: logits.shape[0]], device),
+        indices=rows
+        if device.type == "cpu"
+        else to_device(np.array(rows, dtype=np.int32), device),
+    )
+    bitmask[rows] = -1
+
+
+@functools.lru_cache(maxsize=256)
+def _word_bits(ids: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A ban list as bitmask words: (word indices, their bits), one entry per
+    word (two ids in one word share it)."""
+    arr = np.array(ids, dtype=np.int64)
+    at, which = np.unique(arr >> 5, return_inverse=True)
+    bits = np.zeros(len(at), dtype=np.uint32)
+    np.bitwise_or.at(bits, which, _bits(arr))
+    return at, bits
+
+
+def _bits(ids: np.ndarray) -> np.ndarray:
+    """Each id's bit within its word."""
+    return np.uint32(1) << (ids & 31).astype(np.uint32)
+
+
 def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
     """``logits[rows] = -inf``: one row at a time on CPU (about twice as fast
     as an indexed fill there), one indexed fill elsewhere (one kernel)."""
@@ -151,6 +234,23 @@ def _fill_rows(logits: torch.Tensor, rows: list[int]) -> None:
     else:
         where = to_device(np.array(rows, dtype=np.int64), logits.device)
         logits.index_fill_(0, where, float("-inf"))
+
+
+def first_choices(
+    logits: torch.Tensor, rows: list[int], rows_t: torch.Tensor
+) -> torch.Tensor:
+    """Each row's argmax (``rows_t``: ``rows`` on the logits' device). On
+    CPU through NumPy, row by row: over a 163,840-token row about ten times
+    faster than torch's argmax there, and no gathered copy."""
+    if logits.device.type == "cpu" and logits.dtype in _NUMPY_FLOATS:
+        view = logits.detach().numpy()
+        return torch.from_numpy(
+            np.fromiter((view[r].argmax() for r in rows), np.int64, len(rows))
+        )
+    return logits[rows_t].argmax(dim=-1)
+
+
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +72,8 @@ class Markers:
 
 # Memoised call-header continuations kept at most (then the memo starts over).
 CONTINUATIONS_CACHE = 4096  # a few MB at most
+# Combined argument masks kept (20 KB each for Kimi's vocabulary).
+COMBINED_CACHE = 512
 
 
 @dataclass
@@ -84,9 +86,18 @@ class TokenTable:
     _no_blank_start: np.ndarray = field(init=False, repr=False)
     _lengths: LengthMasks | None = field(default=None, init=False, repr=False)
     _quotes: QuoteMasks | None = field(default=None, init=False, repr=False)
-    # Call-header continuations by (written, targets), shared by requests.
+    # Call-header continuations by (written, targets), shared by requests;
+    # and the tokens that are a prefix of what is left of one target, shared
+    # by every tool set with that tool.
     _continuations: dict[tuple[bytes, tuple[bytes, ...]], tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False
+    )
+    _prefix_tokens: dict[bytes, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    # Argument rows' masks beyond the grammar, ANDed into one, by their parts.
+    _combined: OrderedDict[tuple[int, ...], tuple[Any, np.ndarray]] = field(
+        default_factory=OrderedDict, init=False, repr=False
     )
 
     def __post_init__(self) -> None:
@@ -152,6 +163,25 @@ class TokenTable:
             self._quotes = QuoteMasks(self.token_bytes)
         return self._quotes
 
+    def combined_words(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """The AND of ``parts`` (int32 bitmask words), read-only, memoised by
+        the parts' identity: they are the tables' own cached arrays (kept
+        alive by the memo), so rows in the same state of the same schema
+        share one array."""
+        key = tuple(map(id, parts))
+        found = self._combined.get(key)
+        if found is not None and all(a is b for a, b in zip(found[0], parts)):
+            self._combined.move_to_end(key)
+            return found[1]
+        words = parts[0].copy()
+        for part in parts[1:]:
+            words &= part
+        words.flags.writeable = False
+        self._combined[key] = (tuple(parts), words)
+        if len(self._combined) > COMBINED_CACHE:
+            self._combined.popitem(last=False)
+        return words
+
     def continuations(
         self, written: bytes, targets: Sequence[bytes]
     ) -> tuple[int, ...]:
@@ -167,19 +197,27 @@ class TokenTable:
         return found
 
     def _continue(self, written: bytes, targets: tuple[bytes, ...]) -> tuple[int, ...]:
+        n = len(written)
         out: set[int] = set()
-        seen: set[bytes] = set()
         for target in targets:
-            if not target.startswith(written) or len(target) == len(written):
-                continue
-            rest = target[len(written) :]
-            for end in range(1, min(len(rest), self.max_token_bytes) + 1):
-                piece = rest[:end]
-                if piece in seen:
-                    continue
-                seen.add(piece)
-                out.update(self._by_bytes.get(piece, ()))
+            if len(target) > n and target.startswith(written):
+                out.update(self._prefixes_of(target[n:]))
         return tuple(sorted(out))
+
+    def _prefixes_of(self, rest: bytes) -> tuple[int, ...]:
+        """Non-special tokens whose bytes are a prefix of ``rest`` (memoised)."""
+        found = self._prefix_tokens.get(rest)
+        if found is None:
+            if len(self._prefix_tokens) >= CONTINUATIONS_CACHE:
+                self._prefix_tokens.clear()
+            by_bytes = self._by_bytes
+            found = tuple(
+                i
+                for end in range(1, min(len(rest), self.max_token_bytes) + 1)
+                for i in by_bytes.get(rest[:end], ())
+            )
+            self._prefix_tokens[rest] = found
+        return found
 
 
 def tokenizer_special_ids(tokenizer: Any, vocab_size: int) -> set[int]:
