@@ -207,6 +207,8 @@ def run_batch(
     phases: Counter[str] = Counter()
     per_step_phases: list[dict[str, int]] = []
     joined = 0
+    waits0, waited0 = store.stats.waits, store.stats.wait_seconds
+    timeouts0 = store.stats.timeouts
     for _ in range(steps):
         update = next_tokens()
         joined += len(update.added) if update is not None else 0
@@ -291,6 +293,10 @@ def run_batch(
         "apply_steps_ms": [round(s * 1e3, 3) for s in total],
         "stood_down": stood_down,
         "joined": joined,
+        # Rows that had to wait for their grammar (a cold store), in all.
+        "grammar_waits": store.stats.waits - waits0,
+        "grammar_wait_ms": (store.stats.wait_seconds - waited0) * 1e3,
+        "grammar_timeouts": store.stats.timeouts - timeouts0,
     }
 
 
@@ -409,6 +415,14 @@ def _markdown(result: dict[str, Any]) -> str:
         )
     if any(r.get("cold") for r in result["rows"]):
         lines += [
+            "",
+            "| batch | grammar waits | waited in all, ms | timed out |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['batch']} | {r.get('grammar_waits', 0)} | "
+                f"{r.get('grammar_wait_ms', 0):.1f} | {r.get('grammar_timeouts', 0)} |"
+                for r in result["rows"]
+            ),
             "",
             (
                 "Cold store: the requests that join the batch as rows finish bring "
