@@ -159,18 +159,7 @@ def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> Non
             _fill_rows(logits, keep_rows)
             logits[sel_t, ids_t] = kept
     if plan.dense_rows:
-        import xgrammar as xgr
-
-        rows = plan.dense_rows
-        xgr.apply_token_bitmask_inplace(
-            logits,
-            to_device(bitmask[: logits.shape[0]], device),
-            indices=rows
-            if device.type == "cpu"
-            else to_device(np.array(rows, dtype=np.int32), device),
-        )
-        # Safe at once: the CPU kernel has read it; a device got a copy.
-        bitmask[rows] = -1
+        _bitmask_kernel(logits, bitmask, plan.dense_rows)
 
 
 def _apply_as_one_bitmask(
@@ -194,8 +183,13 @@ def _apply_as_one_bitmask(
         np.bitwise_or.at(words, sel * width + (ids >> 5), _bits(ids))
         rows += plan.only_rows
     rows += plan.dense_rows
-    if not rows:
-        return
+    if rows:
+        _bitmask_kernel(logits, bitmask, rows)
+
+
+def _bitmask_kernel(logits: torch.Tensor, bitmask: np.ndarray, rows: list[int]) -> None:
+    """xgrammar's kernel on ``rows`` of ``logits``; resets their bitmask rows
+    (at once: the CPU kernel has read them, a device got a copy)."""
     import xgrammar as xgr
 
     device = logits.device
