@@ -345,8 +345,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
         bitmask = self._bitmask
-        # A GPU: every row through one bitmask and one kernel.
-        plan = MaskPlan(one_bitmask=logits.device.type != "cpu")
+        # CUDA (and ROCm): every row through one bitmask and one kernel.
+        plan = MaskPlan(one_bitmask=logits.device.type == "cuda")
         bans = plan.bans
         active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
