@@ -149,8 +149,9 @@ class RequestEnforcer:
         self._tool: str | None = None
         self._matcher: xgr.GrammarMatcher | None = None
         self._cursor: JsonCursor | None = None
-        # The last argument row where masks beyond the grammar narrowed it:
-        # ``accept`` refuses what that row refused, as it does the grammar's.
+        # The masks beyond the grammar that narrowed the last argument row
+        # (a shared read-only array): ``accept`` refuses what they refused,
+        # as it does the grammar's.
         self._narrowed: np.ndarray | None = None
         self._scratch: np.ndarray | None = None  # one bitmask row, reused
         # Length bounds by JSON path, per tool (memoised, bounded walks).

@@ -96,9 +96,7 @@ class MaskPlan:
         sparse = rows[is_sparse]
         self.dense_rows.extend(rows[~is_sparse].tolist())
         if len(sparse):
-            which, ids = set_bits(
-                words[is_sparse] if len(sparse) < len(rows) else words
-            )
+            which, ids = set_bits(words[is_sparse])
             self.sparse_rows.extend(sparse.tolist())
             self.sparse_sel, self.sparse_ids = sparse[which], ids
             bitmask[sparse] = -1
@@ -121,7 +119,7 @@ class MaskPlan:
     @property
     def narrowed_rows(self) -> list[int]:
         """Rows left with a short list or a grammar (not free-text bans)."""
-        return [*self.only_rows, *self.sparse_rows, *self.dense_rows]
+        return [*self.keep_rows, *self.dense_rows]
 
 
 def apply_plan(logits: torch.Tensor, plan: MaskPlan, bitmask: np.ndarray) -> None:
