@@ -389,6 +389,8 @@ def test_the_steady_ban_is_the_directive_where_it_is_given(
     for token in tiny_tokenizer.encode(text, add_special_tokens=False):
         row = np.full((tiny_store.table.vocab_size + 31) // 32, -1, np.int32)
         ban, phase = enforcer.steady_ban, enforcer.phase
+        # Kept with the phase: never stale against its derivation.
+        assert ban == enforcer._steady_ban(), (phase, enforcer.tokens)
         if ban is not None:
             seen.add(phase)
             assert ban == enforcer.directive(row), phase

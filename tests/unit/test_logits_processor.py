@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("vllm")
 pytest.importorskip("xgrammar")
@@ -447,6 +449,59 @@ def test_an_exception_in_one_request_stands_only_it_down(
     assert len(errors) == 1 and "_Boom: a machine bug" in errors[0]
 
 
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_a_request_stood_down_before_its_machine_was_built_goes_on_alone(
+    grammar_store, m, monkeypatch, runner
+) -> None:
+    """Row 0 stands down before it has a machine (its prompt unreadable); as
+    its tokens keep coming, the rest of the batch stays enforced."""
+    import vllm_kimi_tools.enforcer.logits_processor as lpm
+
+    real = lpm.start_from_tail
+    reads = iter([ValueError("unreadable"), None])
+
+    def start(read, markers):
+        if (problem := next(reads, None)) is not None:
+            raise problem
+        return real(read, markers)
+
+    monkeypatch.setattr(lpm, "start_from_tail", start)
+    text = grammar_store.table.token_bytes.index(b"hello")
+    if runner == "v1":
+        lp = processor(grammar_store)
+        outs: list[list[int]] = [[], []]
+        lp.update_state(
+            update(added=[(i, params(), PROMPTS["k2"], outs[i]) for i in range(2)])
+        )
+
+        def step(token: int | None, logits: torch.Tensor) -> None:
+            for out in outs if token is not None else ():
+                out.append(token)
+            lp.apply(logits)
+    else:
+        states = SimpleNamespace(
+            prompt_len=SimpleNamespace(np=np.zeros(2, dtype=np.int64)),
+            all_token_ids=SimpleNamespace(gpu=torch.zeros(2, 8, dtype=torch.int64)),
+        )
+        lp = processor(grammar_store, states)
+        for slot in range(2):
+            lp.add_request(slot, params())
+        pos = iter(range(8))
+
+        def step(token: int | None, logits: torch.Tensor) -> None:
+            at = next(pos)
+            lp.apply(logits, ctx_for([0, 1], [at, at], [token or text] * 2))
+
+    step(None, torch.zeros(2, V))
+    assert lp._requests[0].stood_down and not lp._requests[1].stood_down
+    for token in (text, text, m.section_begin):
+        logits = torch.zeros(2, V)
+        step(token, logits)
+        assert len(finite(logits[0])) == V
+        assert not lp._requests[1].stood_down
+    assert finite(logits[1]) == {m.call_begin}
+
+
 def test_a_failing_batch_mask_leaves_no_empty_row(grammar_store, m, monkeypatch):
     lp = processor(grammar_store)
     lp.update_state(update(added=[(0, params(), [1], [m.section_begin])], size=1))
@@ -607,6 +662,47 @@ def test_a_dense_grammar_row_is_not_taken_for_a_sparse_one() -> None:
     assert allowed_count(sparse) == 96 <= SPARSE_ROW_MAX
 
 
+@pytest.mark.parametrize("width", [V // 32, 7, 1])  # even and odd word counts
+def test_the_sparse_routing_counts_what_unpacking_the_bits_counts(width) -> None:
+    """Routing by nonzero words first, by bits where they cannot tell: the
+    same answer as counting every bit, in each regime (few words, more words
+    than the limit, and the middle, where only the bits can tell)."""
+    from vllm_kimi_tools.enforcer.masks import SPARSE_ROW_MAX, allowed_count, is_sparse
+
+    rng = np.random.default_rng(width)
+
+    def truth(words: np.ndarray) -> int:
+        return int(np.unpackbits(words.view(np.uint8)).sum())
+
+    rows = []
+    for nonzero in (0, 1, SPARSE_ROW_MAX // 32, 200, SPARSE_ROW_MAX + 1, width):
+        for bits in ("one", "all", "random"):
+            words = np.zeros(width, dtype=np.int32)
+            at = rng.choice(width, size=min(nonzero, width), replace=False)
+            if bits == "one":
+                words[at] = -(1 << 31) if nonzero % 2 else 1  # the sign bit, or bit 0
+            elif bits == "all":
+                words[at] = -1
+            else:
+                words.view(np.uint32)[at] = rng.integers(1, 2**32, size=len(at))
+            rows.append(words)
+    batch = np.stack(rows)
+    assert allowed_count(batch).tolist() == [truth(r) for r in rows]
+    for words in rows:
+        assert allowed_count(words) == truth(words)
+        assert is_sparse(words) is (truth(words) <= SPARSE_ROW_MAX), truth(words)
+
+
+@given(st.lists(st.integers(0, 40), max_size=30))
+def test_the_rows_to_fill_come_as_runs_of_consecutive_rows(rows) -> None:
+    from vllm_kimi_tools.enforcer.masks import runs
+
+    got = runs(rows)
+    assert [r for start, stop in got for r in range(start, stop)] == sorted(set(rows))
+    # Maximal runs: each starts after a gap.
+    assert all(a[1] < b[0] for a, b in zip(got, got[1:]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_first_choices_are_each_rows_argmax(dtype) -> None:
     """The blocked tally's first choices (NumPy on CPU where it can read the
@@ -671,6 +767,54 @@ def test_filled_rows_are_routed_and_applied_together(contiguous: bool) -> None:
     assert int(torch.isneginf(logits[0]).sum()) == 2
     assert (~torch.isneginf(logits[3])).nonzero().flatten().tolist() == [11, 12]
     assert torch.equal(logits[5], before[5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_rows_that_ban_many_tokens_are_masked_bit_for_bit_as_by_the_kernel(
+    dtype, contiguous
+) -> None:
+    """On CPU, a dense row that bans many tokens (more than
+    KERNEL_MAX_BANNED) takes the bitwise passes, one that bans few the
+    kernel; either way the logits come out as xgrammar's kernel leaves them,
+    bit for bit: NaN and infinities where allowed kept, -inf where banned."""
+    import xgrammar as xgr
+
+    from vllm_kimi_tools.enforcer.machine import FILLED
+    from vllm_kimi_tools.enforcer.masks import KERNEL_MAX_BANNED, MaskPlan, apply_plan
+
+    rng = np.random.default_rng(2)
+    width = V // 32
+    bits = np.ones((5, V), dtype=bool)
+    bits[0] = rng.random(V) < 0.5  # bans half: many
+    bits[1] = rng.random(V) < 0.1  # an email format's row: bans 90%
+    bits[2, rng.choice(V, KERNEL_MAX_BANNED, replace=False)] = False  # just few
+    bits[3, rng.choice(V, KERNEL_MAX_BANNED + 1, replace=False)] = False
+    bits[4, V // 2 :] = False  # half, in a block
+    grammar = np.packbits(bits, axis=1, bitorder="little").view(np.int32)
+    assert grammar.shape == (5, width)
+    values = rng.standard_normal((5, V)).astype(np.float32)
+    values[:, ::97] = np.nan
+    values[:, 1::89] = np.inf
+    values[:, 2::83] = -np.inf
+    values = torch.from_numpy(values).to(dtype)
+    expected = values.clone()
+    xgr.apply_token_bitmask_inplace(expected, torch.from_numpy(grammar.copy()))
+    # (xgrammar's kernel takes contiguous logits only, as vLLM's are.)
+    rows = [0, 1, 2, 3, 4] if contiguous else [0, 1, 3, 4]
+    ints = {2: torch.int16, 4: torch.int32}[values.element_size()]
+    for bitwise in (True, False) if contiguous else (True,):
+        plan, bitmask = MaskPlan(bitwise=bitwise), grammar.copy()
+        for row in rows:
+            plan.add(row, FILLED)
+        plan.finish(bitmask)
+        assert plan.bitwise_rows == ([0, 1, 3, 4] if bitwise else [])
+        assert plan.dense_rows == [r for r in rows if r == 2 or not bitwise]
+        logits = values.clone() if contiguous else values.T.contiguous().T
+        assert logits.is_contiguous() is contiguous
+        apply_plan(logits, plan, bitmask)
+        assert (bitmask[rows] == -1).all()  # reset for the next step
+        assert torch.equal(logits[rows].view(ints), expected[rows].view(ints))
 
 
 def test_one_bitmask_plan_masks_as_the_per_kind_plan() -> None:

@@ -339,16 +339,36 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 self._stand_down(req, f"rejected: {enforcer.off_reason}")
                 return
 
-    def _mask(self, logits: torch.Tensor, rows: list[tuple[int, _Request]]) -> None:
-        """Apply each enforced row's directive to ``logits`` in place."""
+    def _step_plan(self, logits: torch.Tensor) -> tuple[MaskPlan, np.ndarray]:
+        """An empty plan for this step, and the bitmask (all ones) it uses."""
         width = (logits.shape[1] + 31) // 32
         if self._bitmask is None or self._bitmask.shape[0] < logits.shape[0]:
             self._bitmask = np.full((max(logits.shape[0], 8), width), -1, np.int32)
-        bitmask = self._bitmask
-        # CUDA (and ROCm): every row through one bitmask and one kernel.
-        plan = MaskPlan(one_bitmask=logits.device.type == "cuda")
+        # CUDA (and ROCm): every row through one bitmask and one kernel; CPU:
+        # the rows that ban many tokens by bitwise passes (little-endian).
+        device = logits.device.type
+        plan = MaskPlan(
+            one_bitmask=device == "cuda",
+            bitwise=device == "cpu" and sys.byteorder == "little",
+        )
+        return plan, self._bitmask
+
+    def _mask(
+        self,
+        logits: torch.Tensor,
+        rows: list[tuple[int, _Request]],
+        planned: tuple[MaskPlan, list[tuple[int, _Request]]] | None = None,
+    ) -> None:
+        """Apply each enforced row's directive to ``logits`` in place
+        (``planned``: a plan for this step with some rows in it already, and
+        those rows)."""
+        if planned is None:
+            plan, bitmask = self._step_plan(logits)
+            active: list[tuple[int, _Request]] = []
+        else:
+            (plan, active), bitmask = planned, self._bitmask
+            assert bitmask is not None
         bans = plan.bans
-        active: list[tuple[int, _Request]] = []
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
         for row, req in rows:
             # Free text and thinking: a ban list an earlier row of this step
@@ -417,8 +437,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         if not filling:
             return []
         rows = [row for row, _, _ in filling]
-        bitmask[rows] = -1
-        try:
+        try:  # (xgrammar writes every word of a row it fills)
             matchers = [enforcer.fill_matcher() for _, _, enforcer in filling]
             if self._batcher is None:
                 import xgrammar as xgr
@@ -629,6 +648,9 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
 
     def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
         rows: list[tuple[int, _Request]] = []
+        plan, bitmask = self._step_plan(logits)
+        bans = plan.bans
+        active: list[tuple[int, _Request]] = []
         size = logits.shape[0]
         for row, req in self._requests.items():
             if row >= size:
@@ -636,16 +658,26 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
             output = req.output
             if output is not None and (n := len(output)) > req.consumed:
                 enforcer = req.enforcer
-                # Most rows: one new token of free text (nothing to do).
-                if not (
+                # Most rows: one new token of free text, which changes
+                # nothing; the row joins the ban list of free text.
+                if (
                     n == req.consumed + 1
                     and enforcer is not None
                     and enforcer.accept_text(output[-1])
                 ):
-                    self._accept(req, output[req.consumed :])
+                    req.consumed = n
+                    ban = enforcer.steady_ban
+                    assert ban is not None
+                    if (same := bans.get(ban.ids)) is not None:
+                        same.append(row)
+                        active.append((row, req))
+                    else:  # the first row with this list: checked once
+                        self._plan_row(plan, active, bitmask, row, req)
+                    continue
+                self._accept(req, output[req.consumed :])
                 req.consumed = n
             rows.append((row, req))
-        self._mask(logits, rows)
+        self._mask(logits, rows, (plan, active))
         return logits
 
     # -- Model Runner V2 ---------------------------------------------------
@@ -729,6 +761,12 @@ class _Off:
     phase = Phase.OFF
     off_reason = "unavailable"
     steady_ban = None
+
+    def accept_text(self, token: int) -> bool:
+        return False  # nothing to take: see accept()
+
+    def accept(self, token: int) -> bool:
+        return True
 
     def stop(self, reason: str) -> None:
         pass
