@@ -562,6 +562,19 @@ def test_a_forged_spec_is_refused_at_admission() -> None:
             )
 
 
+def test_a_spec_text_is_parsed_once_and_every_text_apart() -> None:
+    from vllm_kimi_tools.enforcer.logits_processor import spec_of
+
+    later, _ = build_spec([DeclaredTool("get_weather", WEATHER)], first_index=3)
+    first, again = params(), params()
+    assert spec_of(first) is spec_of(again)  # the same text: parsed once
+    third = SamplingParams(extra_args={SPEC_KEY: later.to_json()})
+    assert (spec_of(first).first_index, spec_of(third).first_index) == (0, 3)
+    for _ in range(2):  # a refusal is never remembered as a spec
+        with pytest.raises(ValueError):
+            spec_of(SamplingParams(extra_args={SPEC_KEY: '{"v": 1}'}))
+
+
 def _fan_out(levels: int) -> dict:
     defs = {
         f"d{i}": {

@@ -38,6 +38,7 @@ waited for a bounded time (:mod:`.grammars`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -94,6 +95,14 @@ def spec_of(params: Any) -> EnforcerSpec | None:
         return None
     if not isinstance(text, str):
         raise ValueError(f"{SPEC_KEY} must be a string")
+    return _parse_spec(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(text: str) -> EnforcerSpec:
+    """A spec's text, parsed and checked (memoised: requests with the same
+    tools and call index bring the same text; the spec is immutable and the
+    walks read its schemas without changing them)."""
     spec = EnforcerSpec.from_json(text)
     for tool in spec.tools:
         if tool.lengths is not None:

@@ -145,6 +145,8 @@ class RequestEnforcer:
         self._implicit = False  # the section began with a bare call
         self._header = b""
         self._targets: tuple[int, tuple[bytes, ...]] | None = None  # (idx, ids)
+        # The targets the header written so far may still become (None: all).
+        self._live: tuple[bytes, ...] | None = None
         self._hurried: bytes | None = None  # the header whose grammar was hurried
         self._special = self._table.special_ids
         self._tool: str | None = None
@@ -220,9 +222,9 @@ class RequestEnforcer:
         if phase is Phase.AFTER:
             return Only(m.stops)
         if phase is Phase.HEADER:
-            targets = self._header_targets()
-            allowed = self._table.continuations(self._header, targets)
-            if self._header in targets:
+            live = self._live if self._live is not None else self._header_targets()
+            allowed = self._table.continuations(self._header, live)
+            if self._header in live:
                 allowed = (*allowed, m.argument_begin)
             if not allowed:
                 self.stop("empty: no token continues the call header")
@@ -516,7 +518,7 @@ class RequestEnforcer:
             if self.phase in (Phase.TEXT, Phase.THINK):
                 self._implicit = True
             self.phase = Phase.HEADER
-            self._header = b""
+            self._header, self._live = b"", None
         elif token == m.section_end:
             self.phase = Phase.AFTER
         return True
@@ -536,7 +538,8 @@ class RequestEnforcer:
             return False
         data = self._table.token_bytes[token]
         grown = self._header + data
-        named = [t for t in targets if t.startswith(grown)]
+        live = self._live if self._live is not None else targets
+        named = tuple(t for t in live if t.startswith(grown))
         if not data or not named:
             return False
         if len(named) == 1 and named[0] != self._hurried:
@@ -545,7 +548,7 @@ class RequestEnforcer:
             parts = split_canonical_id(named[0].decode())
             if parts is not None:
                 self._store.hurry(self._by_name[parts[0]].grammar)
-        self._header = grown
+        self._header, self._live = grown, named
         return True
 
     def _open_reply(self, token: int) -> bool:
@@ -560,7 +563,7 @@ class RequestEnforcer:
                 self.phase = Phase.SECTION
             elif token == m.call_begin:
                 self._implicit = True
-                self._header = b""
+                self._header, self._live = b"", None
                 self.phase = Phase.HEADER
             else:
                 self.phase = Phase.THINK

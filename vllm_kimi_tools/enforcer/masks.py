@@ -14,7 +14,7 @@ per kind for the whole batch::
                                  kept as an Only list, others go through
                                  xgrammar's bitmask kernel, or on CPU, where
                                  that kernel's cost grows with the banned
-                                 tokens, a row banning more than
+                                 tokens, a row banning more than about
                                  KERNEL_MAX_BANNED through two bitwise passes
                                  over the logits' bits (bit-exact with it)
 """
@@ -34,9 +34,9 @@ from vllm_kimi_tools.enforcer.machine import Ban, Fill, Only
 # (gather/scatter) instead of a bitmask: 5-10x cheaper on CPU.
 SPARSE_ROW_MAX = 4096
 # xgrammar's CPU kernel costs ~4 us a row plus ~4 us per 1,000 banned tokens
-# (600 us for a row banning 90%: a pattern, an email or URI format, a string
-# near its maxLength); the bitwise passes ~110 us a row, whatever it bans.
-# On CPU a row banning more than this many tokens takes the bitwise passes.
+# (~500 us for a row banning 75-90%: a pattern, an email or URI format, a
+# string near its maxLength); the bitwise passes ~150 us a row, whatever it
+# bans. On CPU a row banning more than about this many takes the passes.
 KERNEL_MAX_BANNED = 24_576
 
 

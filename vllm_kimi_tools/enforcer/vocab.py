@@ -187,6 +187,12 @@ class TokenTable:
     ) -> tuple[int, ...]:
         """Non-special tokens that extend ``written`` towards some target
         (sorted; memoised: requests with the same tools share the lists)."""
+        if len(targets) == 1:  # most of a header: one tool is left
+            target = targets[0]
+            n = len(written)
+            if len(target) <= n or not target.startswith(written):
+                return ()
+            return self._prefixes_of(target[n:])
         targets = tuple(targets)
         key = (written, targets)
         found = self._continuations.get(key)
@@ -205,16 +211,19 @@ class TokenTable:
         return tuple(sorted(out))
 
     def _prefixes_of(self, rest: bytes) -> tuple[int, ...]:
-        """Non-special tokens whose bytes are a prefix of ``rest`` (memoised)."""
+        """Non-special tokens whose bytes are a prefix of ``rest`` (sorted;
+        memoised)."""
         found = self._prefix_tokens.get(rest)
         if found is None:
             if len(self._prefix_tokens) >= CONTINUATIONS_CACHE:
                 self._prefix_tokens.clear()
             by_bytes = self._by_bytes
             found = tuple(
-                i
-                for end in range(1, min(len(rest), self.max_token_bytes) + 1)
-                for i in by_bytes.get(rest[:end], ())
+                sorted(
+                    i
+                    for end in range(1, min(len(rest), self.max_token_bytes) + 1)
+                    for i in by_bytes.get(rest[:end], ())
+                )
             )
             self._prefix_tokens[rest] = found
         return found
