@@ -17,11 +17,13 @@ not timed into throughput), then ``--rounds`` rounds of ``--requests``
 concurrent requests. Usage::
 
     python benchmarks/bench_engine.py [--requests 16] [--rounds 3] [--out DIR]
-        [--interleave]
+        [--interleave] [--warm-rounds N]
 
 ``--interleave`` starts the three servers at once (each idle but for its own
 rounds) and runs round ``i`` of each back to back, so a shared machine that
-slows down or speeds up during the run does so for every configuration.
+slows down or speeds up during the run does so for every configuration;
+``--warm-rounds N`` runs N untimed rounds per server first (the steady
+state: memoised masks and caches filled by the first full batch).
 """
 
 from __future__ import annotations
@@ -153,15 +155,21 @@ def one_round(one: Callable[[int], tuple[float, int, bool]], n: int) -> dict:
     }
 
 
-def run_config(name: str, n: int, rounds: int, model: Path, cache: Path) -> dict:
+def run_config(
+    name: str, n: int, rounds: int, model: Path, cache: Path, warm_rounds: int = 0
+) -> dict:
     with start_server(name, model, cache) as server:
         one = requester(server)
         warm_s, _, _ = one(0)
+        for _ in range(warm_rounds):
+            one_round(one, n)
         results = [one_round(one, n) for _ in range(rounds)]
     return summary(name, warm_s, results, n)
 
 
-def run_interleaved(n: int, rounds: int, model: Path, cache: Path) -> dict:
+def run_interleaved(
+    n: int, rounds: int, model: Path, cache: Path, warm_rounds: int = 0
+) -> dict:
     """Every configuration's server up at once (idle but for its own
     rounds), round ``i`` of each run back to back, so a machine that slows
     down or speeds up over the run does so for all of them alike."""
@@ -171,6 +179,9 @@ def run_interleaved(n: int, rounds: int, model: Path, cache: Path) -> dict:
             for name in CONFIGS
         }
         warm = {name: one(0)[0] for name, one in ones.items()}
+        for _ in range(warm_rounds):
+            for one in ones.values():
+                one_round(one, n)
         results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
         for _ in range(rounds):
             for name, one in ones.items():
@@ -202,15 +213,22 @@ def main() -> int:
         action="store_true",
         help="all servers up at once, their rounds taken in turn",
     )
+    ap.add_argument(
+        "--warm-rounds",
+        type=int,
+        default=0,
+        help="untimed rounds per server before the timed ones (steady state)",
+    )
     args = ap.parse_args()
     cache = cache_dir()
     model = ensure_tinykimi(cache / "tinykimi")
+    n, rounds, warm = args.requests, args.rounds, args.warm_rounds
     if args.interleave:
-        rows = run_interleaved(args.requests, args.rounds, model, cache)
+        rows = run_interleaved(n, rounds, model, cache, warm)
     else:
         rows = {}
         for name in CONFIGS:
-            rows[name] = run_config(name, args.requests, args.rounds, model, cache)
+            rows[name] = run_config(name, n, rounds, model, cache, warm)
             print(json.dumps(rows[name]), flush=True)
     base = rows["unconstrained"]["tokens_per_s_median"]
     strict = rows["stock_strict"]["tokens_per_s_median"]
@@ -220,6 +238,7 @@ def main() -> int:
         "requests_per_round": args.requests,
         "rounds": args.rounds,
         "interleaved": args.interleave,
+        "warm_rounds": args.warm_rounds,
         "configs": rows,
         "ratio_enforcer_over_unconstrained": rows["enforcer"]["tokens_per_s_median"]
         / base,
@@ -244,8 +263,13 @@ def render(result: dict[str, Any]) -> str:
             f" concurrent requests x {result['rounds']} rounds, same outputs "
             "(the puppet, intend mode); throughput = completion tokens / wall time"
             + (
-                "; all three servers up at once, round i of each run back to back."
+                "; all three servers up at once, round i of each run back to back"
                 if result.get("interleaved")
+                else ""
+            )
+            + (
+                f"; after {result['warm_rounds']} untimed round(s) per server."
+                if result.get("warm_rounds")
                 else "."
             )
         ),

@@ -898,6 +898,10 @@ def test_header_continuations_are_shared_and_bounded(
         got = table.continuations(written, targets)
         assert got == every_token_that_continues(written)
         assert len(table._continuations) <= 2 and len(table._prefix_tokens) <= 2
+    # Full: the least recently used list goes, the busy one stays.
+    for rest in (b"get_weather:0", b"search:0", b"get_weather:0", b"search:1"):
+        table._prefixes_of(rest)
+    assert list(table._prefix_tokens) == [b"get_weather:0", b"search:1"]
 
 
 ARGS_OPEN = (

@@ -682,8 +682,7 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                 ):
                     req.consumed = n
                     ban = enforcer.steady_ban
-                    assert ban is not None
-                    if (same := bans.get(ban.ids)) is not None:
+                    if ban is not None and (same := bans.get(ban.ids)) is not None:
                         same.append(row)
                         active.append((row, req))
                     else:  # the first row with this list: checked once

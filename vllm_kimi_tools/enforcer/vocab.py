@@ -195,11 +195,10 @@ class TokenTable:
             return self._prefixes_of(target[n:])
         targets = tuple(targets)
         key = (written, targets)
-        found = self._continuations.get(key)
+        found = _recent(self._continuations, key)
         if found is None:
-            if len(self._continuations) >= CONTINUATIONS_CACHE:
-                self._continuations.clear()
-            found = self._continuations[key] = self._continue(written, targets)
+            found = self._continue(written, targets)
+            _remember(self._continuations, key, found)
         return found
 
     def _continue(self, written: bytes, targets: tuple[bytes, ...]) -> tuple[int, ...]:
@@ -213,10 +212,8 @@ class TokenTable:
     def _prefixes_of(self, rest: bytes) -> tuple[int, ...]:
         """Non-special tokens whose bytes are a prefix of ``rest`` (sorted;
         memoised)."""
-        found = self._prefix_tokens.get(rest)
+        found = _recent(self._prefix_tokens, rest)
         if found is None:
-            if len(self._prefix_tokens) >= CONTINUATIONS_CACHE:
-                self._prefix_tokens.clear()
             by_bytes = self._by_bytes
             found = tuple(
                 sorted(
@@ -225,8 +222,24 @@ class TokenTable:
                     for i in by_bytes.get(rest[:end], ())
                 )
             )
-            self._prefix_tokens[rest] = found
+            _remember(self._prefix_tokens, rest, found)
         return found
+
+
+def _recent(memo: dict[Any, Any], key: Any) -> Any:
+    """``memo[key]`` (None: absent), now its most recent entry."""
+    found = memo.pop(key, None)
+    if found is not None:
+        memo[key] = found
+    return found
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    """Add ``key``; past :data:`CONTINUATIONS_CACHE` entries, the least
+    recently used one goes (a server with many tools keeps its busy ones)."""
+    if len(memo) >= CONTINUATIONS_CACHE:
+        del memo[next(iter(memo))]
+    memo[key] = value
 
 
 def tokenizer_special_ids(tokenizer: Any, vocab_size: int) -> set[int]:
