@@ -383,15 +383,10 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         else:
             (plan, active), bitmask = planned, self._bitmask
             assert bitmask is not None
-        bans = plan.bans
         filling: list[tuple[int, _Request, RequestEnforcer]] = []
         for row, req in rows:
-            # Free text and thinking: a ban list an earlier row of this step
-            # already checked, so the row only joins it.
             ban = req.enforcer.steady_ban if req.enforcer is not None else None
-            if ban is not None and (same := bans.get(ban.ids)) is not None:
-                same.append(row)
-                active.append((row, req))
+            if _join_ban(plan, active, row, req, ban):
                 continue
             enforcer = self._plan_row(plan, active, bitmask, row, req)
             if enforcer is not None:  # in its arguments: filled below, batched
@@ -664,7 +659,6 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
     def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
         rows: list[tuple[int, _Request]] = []
         plan, bitmask = self._step_plan(logits)
-        bans = plan.bans
         active: list[tuple[int, _Request]] = []
         size = logits.shape[0]
         for row, req in self._requests.items():
@@ -681,11 +675,8 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
                     and enforcer.accept_text(output[-1])
                 ):
                     req.consumed = n
-                    ban = enforcer.steady_ban
-                    if ban is not None and (same := bans.get(ban.ids)) is not None:
-                        same.append(row)
-                        active.append((row, req))
-                    else:  # the first row with this list: checked once
+                    if not _join_ban(plan, active, row, req, enforcer.steady_ban):
+                        # The first row with this list: checked once.
                         self._plan_row(plan, active, bitmask, row, req)
                     continue
                 self._accept(req, output[req.consumed :])
@@ -769,6 +760,23 @@ class KimiToolEnforcer(V1LogitsProcessor, V2LogitsProcessor):
         req.consumed = written
 
 
+def _join_ban(
+    plan: MaskPlan,
+    active: list[tuple[int, _Request]],
+    row: int,
+    req: _Request,
+    ban: Ban | None,
+) -> bool:
+    """Free text and thinking: ``row`` joins ``ban``'s list, which an earlier
+    row of this step already checked. False where there is no such list."""
+    same = plan.bans.get(ban.ids) if ban is not None else None
+    if same is None:
+        return False
+    same.append(row)
+    active.append((row, req))
+    return True
+
+
 class _Off:
     """Placeholder enforcer for a request that will not be enforced."""
 
@@ -777,10 +785,7 @@ class _Off:
     steady_ban = None
 
     def accept_text(self, token: int) -> bool:
-        return False  # nothing to take: see accept()
-
-    def accept(self, token: int) -> bool:
-        return True
+        return False  # never taken: the slow path sees the phase is OFF
 
     def stop(self, reason: str) -> None:
         pass

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +96,8 @@ class TokenTable:
         default_factory=dict, init=False, repr=False
     )
     # Argument rows' masks beyond the grammar, ANDed into one, by their parts.
-    _combined: OrderedDict[tuple[int, ...], tuple[Any, np.ndarray]] = field(
-        default_factory=OrderedDict, init=False, repr=False
+    _combined: dict[tuple[int, ...], tuple[Any, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False
     )
 
     def __post_init__(self) -> None:
@@ -169,17 +169,14 @@ class TokenTable:
         alive by the memo), so rows in the same state of the same schema
         share one array."""
         key = tuple(map(id, parts))
-        found = self._combined.get(key)
+        found = _recent(self._combined, key)
         if found is not None and all(a is b for a, b in zip(found[0], parts)):
-            self._combined.move_to_end(key)
             return found[1]
         words = parts[0].copy()
         for part in parts[1:]:
             words &= part
         words.flags.writeable = False
-        self._combined[key] = (tuple(parts), words)
-        if len(self._combined) > COMBINED_CACHE:
-            self._combined.popitem(last=False)
+        _remember(self._combined, key, (tuple(parts), words), COMBINED_CACHE)
         return words
 
     def continuations(
@@ -198,7 +195,7 @@ class TokenTable:
         found = _recent(self._continuations, key)
         if found is None:
             found = self._continue(written, targets)
-            _remember(self._continuations, key, found)
+            _remember(self._continuations, key, found, CONTINUATIONS_CACHE)
         return found
 
     def _continue(self, written: bytes, targets: tuple[bytes, ...]) -> tuple[int, ...]:
@@ -222,7 +219,7 @@ class TokenTable:
                     for i in by_bytes.get(rest[:end], ())
                 )
             )
-            _remember(self._prefix_tokens, rest, found)
+            _remember(self._prefix_tokens, rest, found, CONTINUATIONS_CACHE)
         return found
 
 
@@ -234,10 +231,11 @@ def _recent(memo: dict[Any, Any], key: Any) -> Any:
     return found
 
 
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    """Add ``key``; past :data:`CONTINUATIONS_CACHE` entries, the least
-    recently used one goes (a server with many tools keeps its busy ones)."""
-    if len(memo) >= CONTINUATIONS_CACHE:
+def _remember(memo: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Set ``memo[key]``, keeping at most ``size`` entries: the least recently
+    used one goes (a server with many tools keeps its busy ones)."""
+    memo.pop(key, None)
+    if len(memo) >= size:
         del memo[next(iter(memo))]
     memo[key] = value
 
